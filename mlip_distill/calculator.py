@@ -1,0 +1,110 @@
+"""ASE calculator for a distilled student potential."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from torch_geometric.data import Batch
+
+from .data.graph import build_graph
+from .package import Potential, load_potential
+
+
+class StudentCalculator(Calculator):
+    """Energy, per-atom energies, forces and stress of a student, for ASE.
+
+    The neighbour list is built with ``cutoff + skin`` and reused between calls until an atom
+    has moved more than half the skin, or the cell, periodicity or atoms change; each call keeps
+    only the pairs closer than the cutoff.
+
+    Args:
+        potential: a package folder (see :mod:`mlip_distill.package`) or a loaded :class:`Potential`.
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"`` (default: the package's) or ``"float64"``.
+        skin: extra neighbour-list radius in Å.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        potential: str | Path | Potential,
+        device: str = "cpu",
+        dtype: str | None = None,
+        skin: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        torch_dtype = getattr(torch, dtype) if dtype else None
+        if not isinstance(potential, Potential):
+            potential = load_potential(potential, device=device, dtype=torch_dtype)
+        elif torch_dtype is not None:
+            potential.model.to(dtype=torch_dtype)
+        self.potential = potential
+        self.model = potential.model.to(device)
+        self.device = torch.device(device)
+        self.dtype = next(self.model.parameters()).dtype
+        self.cutoff = potential.cutoff
+        self.skin = float(skin)
+        self.known = set(potential.elements)
+        self.neighbour_list_builds = 0
+        self._graph = None
+        self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _check_elements(self, numbers: np.ndarray) -> None:
+        unknown = sorted(set(numbers.tolist()) - self.known)
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in sorted(self.known))
+            raise ValueError(f"element(s) {names} not known to this student (it knows {known})")
+
+    def _needs_rebuild(self, atoms: Atoms) -> bool:
+        if self._reference is None:
+            return True
+        positions, cell, pbc, numbers = self._reference
+        if len(numbers) != len(atoms) or not np.array_equal(numbers, atoms.numbers):
+            return True
+        if not np.array_equal(pbc, atoms.pbc) or not np.allclose(cell, atoms.cell.array, atol=1e-10):
+            return True
+        moved = np.linalg.norm(atoms.positions - positions, axis=1).max(initial=0.0)
+        return moved > 0.5 * self.skin
+
+    def _graph_for(self, atoms: Atoms) -> Batch:
+        if self._needs_rebuild(atoms):
+            self._check_elements(atoms.numbers)
+            graph = build_graph(
+                atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin, dtype=self.dtype
+            )
+            self._graph = Batch.from_data_list([graph]).to(self.device)
+            self._reference = (atoms.positions.copy(), atoms.cell.array.copy(), atoms.pbc.copy(), atoms.numbers.copy())
+            self.neighbour_list_builds += 1
+        graph = self._graph
+        positions = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
+        centres, neighbours = graph.edge_index
+        vectors = positions[neighbours] - positions[centres] + graph.cell_shifts @ graph.cell[0]
+        within = vectors.square().sum(dim=1) < self.cutoff**2
+        current = graph.clone()
+        current.pos = positions
+        current.edge_index = graph.edge_index[:, within]
+        current.cell_shifts = graph.cell_shifts[within]
+        return current
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        batch = self._graph_for(self.atoms)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        output = self.model(batch, compute_forces=True, compute_stress=want_stress, create_graph=False)
+        energy = float(output["energy"].detach().sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": output["atomic_energies"].detach().cpu().double().numpy(),
+            "forces": output["forces"].detach().cpu().double().numpy(),
+        }
+        if want_stress:
+            self.results["stress"] = output["stress"].detach().cpu().double().numpy()[0]

@@ -1,0 +1,114 @@
+"""Atomic graphs: neighbour lists (vesin) and the torch-geometric record every model reads.
+
+A graph of one structure is a :class:`torch_geometric.data.Data` with these fields; a batch of
+several is the usual torch-geometric ``Batch`` (``edge_index`` offset per structure, ``batch``
+giving each atom's structure).
+
+=================  ==========  =========  ====================================================
+field              shape       dtype      meaning
+=================  ==========  =========  ====================================================
+``pos``            (N, 3)      float      Cartesian positions, Å
+``numbers``        (N,)        int64      atomic numbers
+``cell``           (1, 3, 3)   float      lattice vectors as rows, Å (zeros without PBC)
+``pbc``            (1, 3)      bool       periodic along each lattice vector
+``edge_index``     (2, E)      int64      row 0: centre atom i, row 1: neighbour j
+``cell_shifts``    (E, 3)      float      integer image offsets S of j, so that the edge vector
+                                          is ``pos[j] - pos[i] + S @ cell``
+``n_atoms``        (1,)        int64      atoms in the structure
+``structure_index`` (1,)       int64      index of the structure in its dataset (for errors)
+``system_id``      (1,)        int64      structures that are conformers of one system share it
+=================  ==========  =========  ====================================================
+
+Optional labels, NaN where missing (never zero): ``energy`` (1,) eV, ``forces`` (N, 3) eV/Å,
+``stress`` (1, 6) eV/Å³ Voigt, ``atomic_energies`` (N,) eV.
+
+Edge vectors are recomputed inside the model from ``pos``, ``cell`` and ``cell_shifts`` so that
+forces (−∂E/∂pos) and stress (strain derivative) come from autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from vesin import NeighborList
+
+LABEL_KEYS = ("energy", "forces", "stress", "atomic_energies")
+
+
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full neighbour list within ``cutoff`` (Å), both directions of every pair.
+
+    Args:
+        positions: (N, 3) Å.  cell: (3, 3) Å, rows are lattice vectors.  pbc: (3,) bool.
+    Returns:
+        ``centres`` (E,), ``neighbours`` (E,) int64 and ``cell_shifts`` (E, 3) int64 with
+        ``r_ij = positions[j] - positions[i] + cell_shifts @ cell``.
+    """
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    if pbc.any() and abs(np.linalg.det(cell)) < 1e-9:
+        raise ValueError("periodic structure with a degenerate (zero-volume) cell")
+    box = cell if pbc.any() else np.zeros((3, 3))
+    nl = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = nl.compute(
+        points=np.asarray(positions, dtype=np.float64), box=box, periodic=pbc, quantities="ijS"
+    )
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
+
+
+def build_graph(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+    labels: Mapping[str, np.ndarray] | None = None,
+    structure_index: int = -1,
+    system_id: int = -1,
+    dtype: torch.dtype | None = None,
+) -> Data:
+    """One structure as a graph record (see the module docstring for the fields).
+
+    Args:
+        numbers: (N,) atomic numbers.  positions: (N, 3) Å.  cell: (3, 3) Å.  pbc: (3,) bool.
+        cutoff: neighbour cutoff, Å.
+        labels: any of ``energy`` (scalar, eV), ``forces`` (N, 3) eV/Å, ``stress`` (6,) eV/Å³,
+            ``atomic_energies`` (N,) eV; missing entries become NaN.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    numbers = np.asarray(numbers, dtype=np.int64)
+    n = len(numbers)
+    i, j, shifts = neighbour_list(positions, cell, pbc, cutoff)
+    data = Data(
+        pos=torch.as_tensor(np.asarray(positions), dtype=dtype),
+        numbers=torch.as_tensor(numbers),
+        cell=torch.as_tensor(np.asarray(cell), dtype=dtype).reshape(1, 3, 3),
+        pbc=torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3),
+        edge_index=torch.as_tensor(np.stack([i, j])),
+        cell_shifts=torch.as_tensor(shifts, dtype=dtype),
+        n_atoms=torch.tensor([n]),
+        structure_index=torch.tensor([structure_index]),
+        system_id=torch.tensor([system_id]),
+        num_nodes=n,
+    )
+    labels = labels or {}
+    shapes = {"energy": (1,), "forces": (n, 3), "stress": (1, 6), "atomic_energies": (n,)}
+    for key, shape in shapes.items():
+        value = labels.get(key)
+        if value is None:
+            data[key] = torch.full(shape, float("nan"), dtype=dtype)
+        else:
+            data[key] = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype).reshape(shape)
+    return data
+
+
+def atoms_to_graph(atoms, cutoff: float, dtype: torch.dtype | None = None) -> Data:
+    """Graph of an :class:`ase.Atoms` without labels (used by the calculator and in tests)."""
+    return build_graph(
+        atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, cutoff, dtype=dtype
+    )

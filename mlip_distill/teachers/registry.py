@@ -1,0 +1,107 @@
+"""Build a teacher from the one-line spec a user types.
+
+Grammar
+-------
+``emt``
+    ASE's effective-medium theory: Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O. Fast and crude;
+    for tests, demos and trying the pipeline.
+``package.module:Class`` or ``package.module:Class(key=value, ...)``
+    Any importable class: an ASE calculator (wrapped in
+    :class:`~mlip_distill.teachers.ase_calculator.ASECalculatorTeacher`) or a
+    :class:`~mlip_distill.teachers.base.Teacher`. Keyword values are Python literals
+    (numbers, strings, lists, dicts, ``True``/``False``/``None``), e.g.
+    ``ase.calculators.lj:LennardJones(sigma=2.3, epsilon=0.4)``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import re
+from typing import Any
+
+import ase
+from ase.calculators.calculator import BaseCalculator
+from ase.calculators.emt import EMT, parameters as emt_parameters
+from ase.data import atomic_numbers
+
+from mlip_distill.teachers.ase_calculator import ASECalculatorTeacher
+from mlip_distill.teachers.base import Teacher, TeacherError
+
+_CLASS_SPEC = re.compile(
+    r"(?P<module>[A-Za-z_][\w.]*):(?P<cls>[A-Za-z_]\w*)(?:\((?P<kwargs>.*)\))?", re.DOTALL
+)
+
+
+def load_teacher(spec: str) -> Teacher:
+    """The teacher named by ``spec`` (grammar in the module docstring); raises
+    :class:`TeacherError` with a one-line message for a spec it cannot build."""
+    spec = spec.strip()
+    if spec.lower() == "emt":
+        return ASECalculatorTeacher(
+            EMT(),
+            name="emt",
+            spec="emt",
+            elements=[atomic_numbers[symbol] for symbol in emt_parameters],
+            version=f"ase {ase.__version__}",
+        )
+    match = _CLASS_SPEC.fullmatch(spec)
+    if match is None:
+        raise TeacherError(
+            f"unknown teacher spec '{spec}': expected 'emt' or 'package.module:Class(kwargs)'"
+        )
+    module_name, class_name = match["module"], match["cls"]
+    kwargs = _parse_kwargs(match["kwargs"] or "", spec)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot import '{module_name}' ({exc}); is it installed?"
+        ) from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise TeacherError(f"teacher spec '{spec}': module '{module_name}' has no '{class_name}'")
+    try:
+        instance = cls(**kwargs)
+    except Exception as exc:  # any constructor error, reported as the user's spec problem
+        raise TeacherError(f"teacher spec '{spec}': {class_name}(...) failed: {exc}") from exc
+    if isinstance(instance, Teacher):
+        return instance
+    if isinstance(instance, BaseCalculator):
+        return ASECalculatorTeacher(
+            instance,
+            name=class_name,
+            spec=spec,
+            version=_package_version(module_name),
+            settings={**getattr(instance, "parameters", {}), **kwargs},
+        )
+    raise TeacherError(
+        f"teacher spec '{spec}': {class_name} is neither an ASE calculator nor a Teacher"
+    )
+
+
+def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
+    """``"sigma=2.3, epsilon=0.4"`` → ``{"sigma": 2.3, "epsilon": 0.4}``, literals only."""
+    if not text.strip():
+        return {}
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+            raise ValueError("only key=value arguments are allowed")
+        return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    except (SyntaxError, ValueError) as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot read arguments '{text}': {exc}; "
+            "write key=value pairs with Python literal values"
+        ) from exc
+
+
+def _package_version(module_name: str) -> str:
+    """``"ase 3.29.0"`` for ``"ase.calculators.lj"``; ``"<package> unknown"`` when not found."""
+    package = module_name.split(".")[0]
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        version = getattr(importlib.import_module(package), "__version__", "unknown")
+        return f"{package} {version}"

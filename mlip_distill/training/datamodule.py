@@ -1,0 +1,93 @@
+"""The LightningDataModule: a label file split into training and validation graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import Subset
+from torch_geometric.loader import DataLoader
+
+from ..data.dataset import GraphDataset, split_indices
+from ..data.stats import DatasetStatistics, compute_statistics
+from ..data.store import LabelStore
+
+
+class LabelFileDataModule(pl.LightningDataModule):
+    """Training and validation graphs from one label source of a label file.
+
+    Args:
+        path: the HDF5 label file.
+        source: label source to learn (``teacher``, ``reference`` or a teacher's name).
+        cutoff: neighbour cutoff in Å (the student's).
+        n_valid / valid_fraction: size of the held-out split (``n_valid`` wins when set).
+        require: labels a structure must have to be used.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        source: str,
+        cutoff: float,
+        batch_size: int = 8,
+        valid_batch_size: int | None = None,
+        n_valid: int | None = None,
+        valid_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        require: tuple[str, ...] = ("energy", "forces"),
+        cache: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.source = source
+        self.cutoff = float(cutoff)
+        self.batch_size = batch_size
+        self.valid_batch_size = valid_batch_size or batch_size
+        self.num_workers = num_workers
+        dataset = GraphDataset(self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype)
+        n_valid = n_valid if n_valid is not None else valid_fraction
+        train, valid = split_indices(len(dataset), n_valid, seed)
+        self.train_set, self.valid_set = Subset(dataset, train), Subset(dataset, valid)
+        self.train_store_indices = [int(dataset.indices[i]) for i in train]
+        self.valid_store_indices = [int(dataset.indices[i]) for i in valid]
+
+    def statistics(self) -> DatasetStatistics:
+        """E0s, scales and neighbour counts of the training split (never the validation split)."""
+        return compute_statistics(self.path, self.source, self.cutoff, indices=self.train_store_indices)
+
+    def stress_rms(self) -> float | None:
+        """RMS of the training split's stress components in eV/Å³, or None without stress."""
+        with LabelStore(self.path) as store:
+            values = [store.labels(self.source, i)["stress"] for i in self.train_store_indices]
+        values = np.asarray(values)
+        values = values[np.isfinite(values)]
+        return float(np.sqrt(np.mean(values**2))) if values.size else None
+
+    def _loader(self, subset: Subset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            subset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_set, self.valid_batch_size, shuffle=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run was trained on, for the potential's metadata."""
+        return {
+            "path": str(self.path.resolve()),
+            "source": self.source,
+            "n_train": len(self.train_set),
+            "n_valid": len(self.valid_set),
+        }

@@ -1,0 +1,87 @@
+"""The LightningModule: one student, one weighted loss, metrics in meV units."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..losses import TotalLoss
+from ..metrics import ErrorMetrics
+
+
+class StudentModule(pl.LightningModule):
+    """Trains ``model`` (a student of :mod:`mlip_distill.models`) on ``loss``.
+
+    Logged every step: ``train_loss`` and each term's raw and weighted value (``train_<term>``,
+    ``train_<term>_weighted``), the learning rate. Every validation epoch: ``val_loss`` and the
+    metrics of :class:`~mlip_distill.metrics.ErrorMetrics` prefixed ``val_``.
+
+    Validation runs with the model in eval mode and without parameter gradients, but forces and
+    stress still come from autograd, so the trainer must be built with ``inference_mode=False``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: TotalLoss,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.optimizer_options = dict(optimizer)
+        self.scheduler_options = dict(scheduler)
+        self.val_metrics = ErrorMetrics()
+
+    def _predict(self, batch):
+        return self.model(batch, compute_forces=True, compute_stress=self.loss.needs_stress)
+
+    def training_step(self, batch, batch_idx: int):
+        total, parts = self.loss(self._predict(batch), batch)
+        size = batch.num_graphs
+        self.log("train_loss", total.detach(), batch_size=size, prog_bar=True)
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, batch_size=size)
+        return total
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        with torch.enable_grad():
+            prediction = self._predict(batch)
+        total, _ = self.loss(prediction, batch)
+        self.log("val_loss", total.detach(), batch_size=batch.num_graphs, prog_bar=True)
+        self.val_metrics.update(prediction, batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, sync_dist=True)
+
+    def configure_optimizers(self):
+        options = dict(self.optimizer_options)
+        name = options.pop("name", "adamw").lower()
+        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if name not in optimizers:
+            raise ValueError(f"optimizer.name '{name}': expected one of {sorted(optimizers)}")
+        optimizer = optimizers[name](self.model.parameters(), **options)
+        return {"optimizer": optimizer, **build_scheduler(optimizer, self.scheduler_options)}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, options: Mapping[str, Any]) -> dict:
+    """Lightning's ``lr_scheduler`` entry for ``options['name']``: plateau, cosine or constant."""
+    options = dict(options)
+    name = options.pop("name", "constant")
+    if name == "constant":
+        return {}
+    if name == "plateau":
+        monitor = options.pop("monitor", "val_loss")
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+        return {"lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}}
+    if name == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **options)
+        return {"lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    raise ValueError(f"scheduler.name '{name}': expected constant, plateau or cosine")

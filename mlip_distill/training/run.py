@@ -1,0 +1,140 @@
+"""`mlip-distill train`: compose the Hydra config, train a student, export its potential."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+
+from ..data.store import LabelStore
+from ..losses import build_loss
+from ..models import build_model
+from ..package import save_potential
+from .checkpoint import AtomicModelCheckpoint, model_state_from_checkpoint
+from .datamodule import LabelFileDataModule
+from .module import StudentModule
+
+CONFIG_MODULE = "mlip_distill.configs"
+
+
+def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """The training config: the packaged ``train.yaml`` with ``overrides`` applied.
+
+    Args:
+        overrides: Hydra overrides such as ``experiment=cu_emt`` or ``trainer.max_epochs=5``.
+        config_dir: a folder of the user's own config groups, searched before the packaged ones.
+    """
+    overrides = list(overrides)
+    if config_dir is not None:
+        directory = Path(config_dir).resolve()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"--config-dir {config_dir}: no such folder")
+        overrides.append(f"hydra.searchpath=[file://{directory}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
+    """``runs/<experiment>/<date>-<id>/``, unique even for runs started in the same second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root) / experiment / f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class TrainResult:
+    """Where a run went and what it reached (validation metrics in meV units)."""
+
+    run_dir: Path
+    potential_dir: Path
+    metrics: dict[str, float]
+    seconds: float
+
+
+def _scales(stats, datamodule: LabelFileDataModule) -> dict[str, float]:
+    """Each loss term's unit of error from the training split's statistics."""
+    return {
+        "energy": max(stats.energy_rms_per_atom, 1e-3),
+        "forces": max(stats.force_rms, 1e-3),
+        "stress": max(datamodule.stress_rms() or 1e-3, 1e-4),
+    }
+
+
+def train(config: DictConfig) -> TrainResult:
+    """Train a student as ``config`` says and write its run directory.
+
+    The run directory holds ``config.yaml`` (the full resolved config), ``metrics.csv``,
+    ``checkpoints/`` (best and last) and ``potential/`` (the exported package, with the
+    best weights on the monitored validation metric).
+    """
+    start = time.perf_counter()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    run_dir = Path(config.run_dir) if config.run_dir else new_run_dir(config.experiment_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+
+    trainer_options: dict[str, Any] = OmegaConf.to_container(config.trainer, resolve=True)
+    float64 = str(trainer_options.get("precision")) in ("64", "64-true")
+    if float64:
+        trainer_options["precision"] = "64-true"
+    data_options = OmegaConf.to_container(config.data, resolve=True)
+    datamodule = LabelFileDataModule(
+        cutoff=config.model.cutoff, dtype=torch.float64 if float64 else torch.float32, **data_options
+    )
+    stats = datamodule.statistics()
+    model_options = OmegaConf.to_container(config.model, resolve=True)
+    model_name = model_options.pop("name")
+    model = build_model(
+        model_name,
+        elements=stats.elements,
+        e0=stats.e0,
+        scale=stats.force_rms,
+        avg_num_neighbors=stats.mean_neighbours,
+        **model_options,
+    )
+    loss = build_loss(OmegaConf.to_container(config.loss, resolve=True), _scales(stats, datamodule))
+    module = StudentModule(model, loss, config.optimizer, config.scheduler)
+
+    checkpoint = AtomicModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode="min", save_last=True
+    )
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=CSVLogger(str(run_dir), name="", version=""),
+        callbacks=[checkpoint],
+        inference_mode=False,
+        enable_model_summary=False,
+        **trainer_options,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    if checkpoint.best_model_path:
+        model.load_state_dict(model_state_from_checkpoint(checkpoint.best_model_path))
+    metrics = {
+        key.removeprefix("val_"): float(value)
+        for key, value in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()
+        if key.startswith("val_") and key != "val_loss"
+    }
+    with LabelStore(datamodule.path) as store:
+        teacher = store.provenance(datamodule.source) if datamodule.source in store.sources() else {}
+    potential_dir = save_potential(
+        model,
+        model_name,
+        run_dir / "potential",
+        extra={
+            "teacher": teacher,
+            "data": {**datamodule.describe(), "statistics": stats.as_dict()},
+            "errors": {f"valid_vs_{datamodule.source}": metrics},
+            "training": {"config": OmegaConf.to_container(config, resolve=True), "run_dir": str(run_dir)},
+        },
+    )
+    return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start)
