@@ -58,6 +58,7 @@ class TrainResult:
     potential_dir: Path
     metrics: dict[str, float]
     seconds: float
+    valid_indices: list[int]
 
 
 def _scales(stats, datamodule: LabelFileDataModule) -> dict[str, float]:
@@ -137,4 +138,4 @@ def train(config: DictConfig) -> TrainResult:
             "training": {"config": OmegaConf.to_container(config, resolve=True), "run_dir": str(run_dir)},
         },
     )
-    return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start)
+    return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start, datamodule.valid_store_indices)

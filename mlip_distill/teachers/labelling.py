@@ -1,0 +1,227 @@
+"""Label every structure of a file with a teacher and write the labels into a label store."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from ase import Atoms
+from tqdm.auto import tqdm
+
+from mlip_distill.data.errors import DataError
+from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
+from mlip_distill.data.store import LabelStore
+from mlip_distill.teachers.base import Teacher, TeacherError
+from mlip_distill.teachers.registry import load_teacher
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes read as label stores; anything else is read with ASE.
+LABEL_STORE_SUFFIXES = (".h5", ".hdf5")
+
+#: Labels are handed to the store in chunks of this many structures, so that memory stays
+#: bounded on large files.
+STRUCTURES_PER_WRITE = 256
+
+
+@dataclass
+class LabelSummary:
+    """What :func:`label_file` did.
+
+    ``failures`` holds ``(index, reason)`` for every structure the teacher could not label,
+    ``index`` counting structures of the input file from 0; ``seconds`` is wall time.
+    """
+
+    n_labelled: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    out_path: Path = Path()
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+
+def label_file(
+    input_path: str | Path,
+    teacher: str | Teacher,
+    out_path: str | Path,
+    source: str = "teacher",
+    progress: bool = True,
+) -> LabelSummary:
+    """Label the structures of ``input_path`` with ``teacher`` into the store ``out_path``.
+
+    ``input_path`` is either
+
+    * a file ASE reads (extxyz, ...): its structures are appended to ``out_path`` (created
+      when missing), and labels the file already carries (energies, forces, stress from DFT)
+      are kept as source ``"reference"`` next to the teacher's; or
+    * a label store (``.h5``): labelled in place when ``out_path`` is the same file, otherwise
+      copied to ``out_path`` (which must not exist yet) and the copy is labelled.
+
+    Before any structure is labelled, every element is checked against the teacher and the
+    isolated-atom energies are computed, so a mismatch fails in seconds, not after hours.
+    A structure on which the teacher raises, or returns non-finite energy or forces, is
+    skipped and reported in the summary. Labels go under ``labels/<source>`` with the
+    teacher's provenance; isolated-atom energies under ``isolated_atoms`` for that source.
+    The store is written atomically: on any error ``out_path`` is left as it was.
+
+    Raises :class:`TeacherError` for an unknown spec or an unsupported element and
+    :class:`~mlip_distill.data.errors.DataError` for an unreadable or invalid input.
+    """
+    start = time.perf_counter()
+    teacher = load_teacher(teacher) if isinstance(teacher, str) else teacher
+    input_path, out_path = Path(input_path), Path(out_path)
+    if input_path.suffix.lower() in LABEL_STORE_SUFFIXES:
+        n_labelled, failures = _label_store(input_path, teacher, out_path, source, progress)
+    else:
+        n_labelled, failures = _label_ase_file(input_path, teacher, out_path, source, progress)
+    return LabelSummary(
+        n_labelled=n_labelled,
+        failures=failures,
+        seconds=time.perf_counter() - start,
+        out_path=out_path,
+    )
+
+
+def _label_ase_file(
+    input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
+) -> tuple[int, list[tuple[int, str]]]:
+    structures = read_structures(input_path)
+    numbers = _elements_present(structures)
+    teacher.check_elements(numbers)
+    isolated_atoms = _isolated_atom_energies(teacher, numbers)
+    reference = [labels_from_atoms(atoms) for atoms in structures]
+    for i, (atoms, labels) in enumerate(zip(structures, reference)):
+        validate_structure(atoms, labels, where=f"{input_path}: structure {i}")
+    with LabelStore(out_path, "a") as store:
+        store_indices = store.append(structures)
+        with_reference = [i for i, labels in enumerate(reference) if _has_any_value(labels)]
+        if with_reference:
+            store.set_labels(
+                "reference",
+                store_indices[with_reference],
+                [reference[i] for i in with_reference],
+                provenance={"name": "reference", "origin": str(input_path)},
+            )
+        store.set_isolated_atoms(source, isolated_atoms)
+        return _label_into_store(
+            store,
+            teacher,
+            source,
+            ((i, int(store_indices[i]), atoms) for i, atoms in enumerate(structures)),
+            len(structures),
+            progress,
+        )
+
+
+def _label_store(
+    input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
+) -> tuple[int, list[tuple[int, str]]]:
+    with LabelStore(input_path, "r") as store:
+        numbers = _elements_present(store.structure(i) for i in range(len(store)))
+    teacher.check_elements(numbers)
+    isolated_atoms = _isolated_atom_energies(teacher, numbers)
+    in_place = out_path.exists() and out_path.samefile(input_path)
+    if not in_place:
+        if out_path.exists():
+            raise DataError(
+                f"{out_path}: already exists; to label a store in place, give it as both "
+                "input and output"
+            )
+        shutil.copyfile(input_path, out_path)
+    try:
+        with LabelStore(out_path, "a") as store:
+            store.set_isolated_atoms(source, isolated_atoms)
+            n_structures = len(store)
+            structures = ((i, i, store.structure(i)) for i in range(n_structures))
+            return _label_into_store(store, teacher, source, structures, n_structures, progress)
+    except BaseException:
+        if not in_place:
+            out_path.unlink(missing_ok=True)
+        raise
+
+
+def _label_into_store(
+    store: LabelStore,
+    teacher: Teacher,
+    source: str,
+    structures: Iterator[tuple[int, int, Atoms]],
+    n_structures: int,
+    progress: bool,
+) -> tuple[int, list[tuple[int, str]]]:
+    """Label ``(input index, store index, atoms)`` triples; returns (labelled, failures)."""
+    provenance = teacher.provenance()
+    failures: list[tuple[int, str]] = []
+    pending_indices: list[int] = []
+    pending_labels: list[dict[str, np.ndarray]] = []
+    n_labelled = 0
+
+    def write_pending() -> None:
+        if pending_indices:
+            store.set_labels(source, np.asarray(pending_indices), pending_labels, provenance)
+            pending_indices.clear()
+            pending_labels.clear()
+
+    bar = tqdm(
+        structures,
+        total=n_structures,
+        unit="structure",
+        desc=f"labelling with {teacher.name}",
+        disable=not progress,
+    )
+    for input_index, store_index, atoms in bar:
+        try:
+            labels = teacher.label(atoms)
+            _check_labels(labels, len(atoms))
+        except Exception as exc:  # a teacher may fail in any way on one odd structure
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            failures.append((input_index, reason))
+            logger.warning("structure %d not labelled by %s: %s", input_index, teacher.name, reason)
+            continue
+        pending_indices.append(store_index)
+        pending_labels.append(labels)
+        n_labelled += 1
+        if len(pending_indices) == STRUCTURES_PER_WRITE:
+            write_pending()
+    write_pending()
+    return n_labelled, failures
+
+
+def _elements_present(structures: Iterable[Atoms]) -> set[int]:
+    numbers: set[int] = set()
+    for atoms in structures:
+        numbers.update(int(z) for z in np.unique(atoms.numbers))
+    return numbers
+
+
+def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, float]:
+    try:
+        return teacher.isolated_atom_energies(numbers)
+    except TeacherError:
+        raise
+    except Exception as exc:
+        raise TeacherError(
+            f"teacher '{teacher.name}' failed on an isolated atom: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _has_any_value(labels: dict[str, np.ndarray]) -> bool:
+    return any(np.isfinite(value).any() for value in labels.values())
+
+
+def _check_labels(labels: dict[str, np.ndarray], n_atoms: int) -> None:
+    """Refuse labels a student must not learn from: a NaN energy or force is a teacher
+    failure, not a missing value."""
+    if not np.isfinite(labels["energy"]):
+        raise TeacherError(f"non-finite energy {labels['energy']}")
+    forces = labels["forces"]
+    if forces.shape != (n_atoms, 3):
+        raise TeacherError(f"forces have shape {forces.shape}, expected ({n_atoms}, 3)")
+    if not np.isfinite(forces).all():
+        raise TeacherError("non-finite forces")
