@@ -10,6 +10,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from .data.dataset import GraphDataset
+from .data.errors import DataError
 from .data.store import LabelStore, import_structures
 from .metrics import ErrorMetrics
 from .package import Potential, load_potential
@@ -21,22 +22,25 @@ def _is_label_file(path: Path) -> bool:
 
 def evaluate_store(
     potential: Potential, store_path: str | Path, sources: Sequence[str] | None = None, batch_size: int = 16,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | None = None, name: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """MAE and RMSE (meV units) of ``potential`` against each label source of a label file.
 
     Returns ``{source: {"energy_mae_mev_per_atom": ..., "forces_rmse_mev_per_A": ..., ...}}``
-    plus ``n_structures`` per source.
+    plus ``n_structures`` per source. ``name`` is how errors refer to the data (default its path).
     """
+    name = name or str(store_path)
     model = potential.model
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     with LabelStore(store_path) as store:
         available = store.sources()
+        for index in indices if indices is not None else range(len(store)):
+            potential.check_elements(store.arrays(index)["numbers"], where=f"{name}: structure {index}")
     results = {}
     for source in sources or available:
         if source not in available:
-            raise ValueError(f"{store_path}: no label source '{source}' (it has {', '.join(available) or 'none'})")
+            raise DataError(f"{name}: no label source '{source}' (it has {', '.join(available) or 'none'})")
         dataset = GraphDataset(store_path, source, potential.cutoff, indices=indices, require=(), dtype=dtype)
         metrics = ErrorMetrics()
         for batch in DataLoader(dataset, batch_size=batch_size):
@@ -62,7 +66,7 @@ def evaluate_file(
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "labels.h5"
         import_structures(data_path, store_path, source="reference")
-        return evaluate_store(potential, store_path, sources, batch_size)
+        return evaluate_store(potential, store_path, sources, batch_size, name=str(data_path))
 
 
 def format_errors(results: dict[str, dict[str, float]]) -> str:

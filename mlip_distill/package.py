@@ -16,10 +16,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
-from safetensors import SafetensorsError
+from ase.data import chemical_symbols
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -51,6 +52,14 @@ class Potential:
     @property
     def elements(self) -> list[int]:
         return [int(z) for z in self.metadata["elements"]]
+
+    def check_elements(self, numbers: Iterable[int], where: str = "structure") -> None:
+        """Raise :class:`PotentialError` naming any element the student was not trained on."""
+        unknown = sorted({int(z) for z in numbers} - set(self.elements))
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in self.elements)
+            raise PotentialError(f"{where}: element(s) {names} not known to this student (it knows {known})")
 
 
 def library_versions() -> dict[str, str]:
@@ -175,7 +184,7 @@ def load_potential(
         raise PotentialError(f"{weights}: checksum differs from {METADATA}; the weights were modified or truncated")
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise PotentialError(f"{weights}: unreadable ({err})") from None
     spec = metadata["model"]
     model = build_model(spec["name"], **spec["hyperparameters"])

@@ -82,7 +82,7 @@ def test_strain_is_symmetric_bounded_and_keeps_fractional_coordinates(copper):
     assert np.abs(epsilons[:, 0, 1]).max() > 0.01  # shear present
     for copy in copies[:5]:
         np.testing.assert_allclose(
-            copy.get_scaled_positions(wrap=False), copper.get_scaled_positions(wrap=False)
+            copy.get_scaled_positions(wrap=False), copper.get_scaled_positions(wrap=False), atol=1e-12
         )
 
 

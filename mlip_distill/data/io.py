@@ -131,10 +131,10 @@ def check_labels(
                 )
             raise DataError(f"{where}: {key} has shape {value.shape}, expected {shapes[key]}")
         if np.isinf(value).any():
-            raise DataError(f"{where}: {key} contain infinite values")
+            raise DataError(f"{where}: infinite value in {key}")
         n_nan = int(np.isnan(value).sum())
         if 0 < n_nan < value.size:
-            raise DataError(f"{where}: {key} are partly NaN ({n_nan} of {value.size} values)")
+            raise DataError(f"{where}: {key} partly NaN ({n_nan} of {value.size} values)")
         checked[key] = value
     return checked
 

@@ -111,7 +111,8 @@ def sample_structures(
     (:func:`rattle`). Copies with two atoms closer than ``min_distance`` Å are rejected and
     redrawn; the number rejected is logged. Every structure carries
     ``info["config_type"] = "rattle-strain"`` and ``info["source_index"]``, the index of its
-    seed in ``seeds``.
+    seed in ``seeds``; ``info["system_id"]`` is the same index, so that a label store groups
+    the copies of one seed as conformers of one system.
 
     Raises :class:`SamplingError` when there are no seeds or too many draws are rejected.
     """
@@ -136,7 +137,7 @@ def sample_structures(
         if has_close_contact(atoms, min_distance):
             n_rejected += 1
             continue
-        atoms.info.update(config_type=CONFIG_TYPE, source_index=seed_index)
+        atoms.info.update(config_type=CONFIG_TYPE, source_index=seed_index, system_id=seed_index)
         sampled.append(atoms)
     if n_rejected:
         logger.warning(

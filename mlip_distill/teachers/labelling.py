@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from ase import Atoms
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
-from mlip_distill.data.store import LabelStore
+from mlip_distill.data.store import LabelStore, _is_isolated_atom
 from mlip_distill.teachers.base import Teacher, TeacherError
 from mlip_distill.teachers.registry import load_teacher
 
@@ -60,7 +60,9 @@ def label_file(
 
     * a file ASE reads (extxyz, ...): its structures are appended to ``out_path`` (created
       when missing), and labels the file already carries (energies, forces, stress from DFT)
-      are kept as source ``"reference"`` next to the teacher's; or
+      are kept as source ``"reference"`` next to the teacher's; isolated-atom frames
+      (``config_type=IsolatedAtom``, or one atom without PBC) become reference isolated-atom
+      energies, as in :func:`~mlip_distill.data.store.import_structures`; or
     * a label store (``.h5``): labelled in place when ``out_path`` is the same file, otherwise
       copied to ``out_path`` (which must not exist yet) and the copy is labelled.
 
@@ -92,29 +94,43 @@ def label_file(
 def _label_ase_file(
     input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
 ) -> tuple[int, list[tuple[int, str]]]:
-    structures = read_structures(input_path)
-    numbers = _elements_present(structures)
+    frames = read_structures(input_path)
+    numbers = _elements_present(frames)
     teacher.check_elements(numbers)
     isolated_atoms = _isolated_atom_energies(teacher, numbers)
-    reference = [labels_from_atoms(atoms) for atoms in structures]
-    for i, (atoms, labels) in enumerate(zip(structures, reference)):
-        validate_structure(atoms, labels, where=f"{input_path}: structure {i}")
+    structures, frame_indices, reference, reference_isolated_atoms = [], [], [], {}
+    for k, atoms in enumerate(frames):
+        where = f"{input_path}: structure {k}"
+        labels = labels_from_atoms(atoms)
+        # Same convention as import_structures: a lone atom is a reference E0, not a structure.
+        if _is_isolated_atom(atoms, where):
+            if np.isfinite(labels["energy"]):
+                reference_isolated_atoms[int(atoms.numbers[0])] = float(labels["energy"])
+            continue
+        validate_structure(atoms, labels, where)
+        structures.append(atoms)
+        frame_indices.append(k)
+        reference.append(labels)
     with LabelStore(out_path, "a") as store:
-        store_indices = store.append(structures)
+        store_indices = store.append(structures, source_index=frame_indices)
         with_reference = [i for i, labels in enumerate(reference) if _has_any_value(labels)]
         if with_reference:
+            provenance = store.provenance("reference") if "reference" in store.sources() else {}
+            provenance["imported_from"] = [*provenance.get("imported_from", []), str(input_path)]
             store.set_labels(
                 "reference",
                 store_indices[with_reference],
                 [reference[i] for i in with_reference],
-                provenance={"name": "reference", "origin": str(input_path)},
+                provenance,
             )
+        if reference_isolated_atoms:
+            store.set_isolated_atoms("reference", reference_isolated_atoms)
         store.set_isolated_atoms(source, isolated_atoms)
         return _label_into_store(
             store,
             teacher,
             source,
-            ((i, int(store_indices[i]), atoms) for i, atoms in enumerate(structures)),
+            zip(frame_indices, store_indices.tolist(), structures),
             len(structures),
             progress,
         )
@@ -151,7 +167,7 @@ def _label_into_store(
     store: LabelStore,
     teacher: Teacher,
     source: str,
-    structures: Iterator[tuple[int, int, Atoms]],
+    structures: Iterable[tuple[int, int, Atoms]],
     n_structures: int,
     progress: bool,
 ) -> tuple[int, list[tuple[int, str]]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import inspect
 import re
 from typing import Any
 
@@ -62,6 +63,7 @@ def load_teacher(spec: str) -> Teacher:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise TeacherError(f"teacher spec '{spec}': module '{module_name}' has no '{class_name}'")
+    _refuse_unknown_options(cls, kwargs, spec)
     try:
         instance = cls(**kwargs)
     except Exception as exc:  # any constructor error, reported as the user's spec problem
@@ -95,6 +97,27 @@ def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
             f"teacher spec '{spec}': cannot read arguments '{text}': {exc}; "
             "write key=value pairs with Python literal values"
         ) from exc
+
+
+def _refuse_unknown_options(cls: type, kwargs: dict[str, Any], spec: str) -> None:
+    """ASE calculators swallow any keyword into their ``parameters``, so a misspelt option
+    (``sigam=2.3``) would silently fall back to its default and mislabel a whole data set.
+    Refuse keywords that neither an ``__init__`` in the class hierarchy nor the class's
+    ``default_parameters`` name. Classes without ``default_parameters`` cannot be checked."""
+    options = set(getattr(cls, "default_parameters", None) or {})
+    if not (isinstance(cls, type) and issubclass(cls, BaseCalculator) and options):
+        return
+    named_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            options.update(p.name for p in parameters if p.kind in named_kinds)
+    unknown = sorted(set(kwargs) - options - {"self"})
+    if unknown:
+        raise TeacherError(
+            f"teacher spec '{spec}': {cls.__name__} has no option {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(options - {'self'}))}"
+        )
 
 
 def _package_version(module_name: str) -> str:

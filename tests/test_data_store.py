@@ -1,0 +1,235 @@
+"""The HDF5 label store: schema, round trips, appending, lazy and multi-process reading, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read, write
+from torch_geometric.loader import DataLoader
+
+import mlip_distill
+from mlip_distill.data.dataset import GraphDataset
+from mlip_distill.data.errors import DataError
+from mlip_distill.data.io import labels_from_atoms
+from mlip_distill.data.store import LabelStore, export_structures, import_structures
+
+
+def copper_frames(n: int, first_seed: int = 0, stress: bool = True) -> list[Atoms]:
+    """Rattled Cu supercells of 4 to 12 atoms with EMT labels (stress only when asked)."""
+    frames = []
+    for seed in range(first_seed, first_seed + n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1 + seed % 3, 1, 1))
+        atoms.rattle(0.05, seed=seed)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        if stress:
+            atoms.get_stress()
+        atoms.info["config_type"] = f"rattle-{seed}"
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    xyz = tmp_path / "train.xyz"
+    write(xyz, copper_frames(4))
+    path = tmp_path / "labels.h5"
+    assert import_structures(xyz, path) == 4
+    return path
+
+
+def test_layout_follows_the_schema(store_path):
+    with h5py.File(store_path, "r") as f:
+        assert f.attrs["schema_version"] == 1
+        assert f.attrs["created_by"] == f"mlip-distill {mlip_distill.__version__}"
+        assert json.loads(f.attrs["units"])["forces"] == "eV/Å"
+        n_atoms = f["structures/n_atoms"][:]
+        np.testing.assert_array_equal(f["structures/offsets"][:], np.r_[0, np.cumsum(n_atoms)])
+        assert f["structures/positions"].shape == (n_atoms.sum(), 3)
+        assert f["structures/cell"].shape == (4, 3, 3)
+        assert f["labels/reference/forces"].dtype == np.float64
+        assert f["labels/reference/stress"].shape == (4, 6)
+        assert f["structures/config_type"].asstr()[2] == "rattle-2"
+        np.testing.assert_array_equal(f["structures/source_index"][:], [0, 1, 2, 3])
+        assert all(f[f"structures/{name}"].maxshape[0] is None for name in f["structures"])
+
+
+def test_extxyz_round_trip_is_exact(tmp_path):
+    frames = copper_frames(3)
+    frames.append(copper_frames(1, first_seed=3, stress=False)[0])
+    isolated = Atoms("Cu", positions=[[0, 0, 0]], cell=[20, 20, 20], pbc=False)
+    isolated.info["config_type"] = "IsolatedAtom"
+    isolated.calc = EMT()
+    isolated.get_potential_energy()
+    write(tmp_path / "in.xyz", [isolated, *frames])
+    original = read(tmp_path / "in.xyz", ":")
+
+    assert import_structures(tmp_path / "in.xyz", tmp_path / "labels.h5") == 4
+    with LabelStore(tmp_path / "labels.h5") as store:
+        assert np.isnan(store.labels("reference", 3)["stress"]).all()
+        assert store.isolated_atoms("reference") == {29: original[0].get_potential_energy()}
+    assert export_structures(tmp_path / "labels.h5", "reference", tmp_path / "out.xyz") == 5
+    back = read(tmp_path / "out.xyz", ":")
+
+    assert back[0].info["config_type"] == "IsolatedAtom"
+    assert back[0].get_potential_energy() == original[0].get_potential_energy()
+    for before, after in zip(original[1:], back[1:]):
+        np.testing.assert_array_equal(after.numbers, before.numbers)
+        np.testing.assert_array_equal(after.positions, before.positions)
+        np.testing.assert_array_equal(after.cell.array, before.cell.array)
+        np.testing.assert_array_equal(after.pbc, before.pbc)
+        assert after.info["config_type"] == before.info["config_type"]
+        before_labels, after_labels = labels_from_atoms(before), labels_from_atoms(after)
+        for key in ("energy", "forces", "stress"):
+            np.testing.assert_array_equal(after_labels[key], before_labels[key])
+    assert "stress" not in back[4].calc.results
+
+
+def test_append_grows_the_file_and_keeps_old_content(store_path):
+    with LabelStore(store_path) as store:
+        old = [(store.arrays(i), store.labels("reference", i)) for i in range(len(store))]
+    new_frames = copper_frames(2, first_seed=10)
+    with LabelStore(store_path, "a") as store:
+        indices = store.append(new_frames, system_id=[7, 7])
+        np.testing.assert_array_equal(indices, [4, 5])
+        store.set_labels("teacher", indices, [{"energy": np.array(-1.0)}] * 2, {"name": "emt"})
+    with LabelStore(store_path) as store:
+        assert len(store) == 6
+        assert store.sources() == ["reference", "teacher"]
+        for i, (arrays, labels) in enumerate(old):
+            np.testing.assert_array_equal(store.arrays(i)["positions"], arrays["positions"])
+            np.testing.assert_array_equal(store.labels("reference", i)["forces"], labels["forces"])
+        np.testing.assert_array_equal(store.structure(5).positions, new_frames[1].positions)
+        assert store.arrays(4)["system_id"] == store.arrays(5)["system_id"] == 7
+        # the new structures have no reference labels, the old ones no teacher labels
+        assert np.isnan(store.labels("reference", 5)["forces"]).all()
+        np.testing.assert_array_equal(store.has_label("teacher", "energy"), [0, 0, 0, 0, 1, 1])
+        np.testing.assert_array_equal(store.has_label("reference", "forces"), [1, 1, 1, 1, 0, 0])
+        assert store.provenance("teacher") == {"name": "emt"}
+
+
+def test_default_system_ids_are_new_and_follow_info(store_path):
+    frames = copper_frames(3, first_seed=20)
+    frames[0].info["system_id"] = frames[2].info["system_id"] = 0  # clashes with a stored id
+    with LabelStore(store_path, "a") as store:
+        indices = store.append(frames)
+        ids = [store.arrays(i)["system_id"] for i in indices]
+        stored = [store.arrays(i)["system_id"] for i in range(4)]
+    assert ids[0] == ids[2] != ids[1]
+    assert not set(ids) & set(stored)
+
+
+def test_reading_by_index_slices_one_structure(store_path):
+    frames = read(store_path.parent / "train.xyz", ":")
+    with LabelStore(store_path) as store:
+        for i in (3, 0, 2, -1):
+            arrays = store.arrays(i)
+            np.testing.assert_array_equal(arrays["positions"], frames[i].positions)
+            np.testing.assert_array_equal(arrays["numbers"], frames[i].numbers)
+            assert store.labels("reference", i)["forces"].shape == (len(frames[i]), 3)
+        with pytest.raises(IndexError, match="structure 4 out of range"):
+            store.arrays(4)
+
+
+def test_dataloader_workers_reopen_the_file(store_path):
+    dataset = GraphDataset(store_path, "reference", cutoff=3.0)
+    loader = DataLoader(dataset, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert sum(batch.num_graphs for batch in batches) == 4
+    assert torch.equal(torch.cat([b.structure_index for b in batches]), torch.arange(4))
+
+
+def test_set_labels_checks_shapes(store_path):
+    with LabelStore(store_path, "a") as store:
+        n_atoms = len(store.arrays(1)["numbers"])
+        with pytest.raises(DataError) as error:
+            store.set_labels("teacher", [1], [{"forces": np.zeros((n_atoms - 1, 3))}])
+    message = str(error.value)
+    assert message == (
+        f"{store_path}: structure 1: forces have shape ({n_atoms - 1}, 3) "
+        f"but the structure has {n_atoms} atoms"
+    )
+
+
+def test_read_only_store_refuses_writes(store_path):
+    with LabelStore(store_path) as store:
+        with pytest.raises(DataError, match="read-only"):
+            store.append(copper_frames(1))
+
+
+def test_crash_while_writing_leaves_the_original_intact(store_path):
+    before = store_path.read_bytes()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        with LabelStore(store_path, "a") as store:
+            store.append(copper_frames(3, first_seed=30))
+            store.set_labels("teacher", [0], [{"energy": np.array(1.0)}])
+            raise RuntimeError("simulated crash")
+    assert store_path.read_bytes() == before
+    assert sorted(os.listdir(store_path.parent)) == ["labels.h5", "train.xyz"]
+
+
+def test_unknown_source_names_the_known_ones(store_path):
+    with LabelStore(store_path) as store:
+        with pytest.raises(DataError) as error:
+            store.labels("teacher", 0)
+    assert str(error.value) == f"{store_path}: no labels from source 'teacher' (sources: reference)"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random bytes"])
+def test_damaged_file_is_a_one_line_error(store_path, damage):
+    data = store_path.read_bytes()
+    if damage == "truncate":
+        store_path.write_bytes(data[: len(data) // 2])
+    else:
+        store_path.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    expected = f"{store_path}: not a readable label file (corrupted or truncated?)"
+    for mode in ("r", "a"):
+        with pytest.raises(DataError) as error:
+            LabelStore(store_path, mode)
+        assert str(error.value) == expected
+    assert sorted(os.listdir(store_path.parent)) == ["labels.h5", "train.xyz"]
+
+
+def test_wrong_schema_version_names_both_versions(store_path):
+    with h5py.File(store_path, "a") as f:
+        f.attrs["schema_version"] = 7
+    with pytest.raises(DataError) as error:
+        LabelStore(store_path)
+    assert str(error.value) == (
+        f"{store_path}: label file has schema_version 7; this version of mlip-distill reads "
+        "schema_version 1"
+    )
+
+
+def test_missing_store_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError) as error:
+        LabelStore(tmp_path / "absent.h5")
+    assert str(error.value) == f"{tmp_path / 'absent.h5'}: no such file"
+
+
+def test_import_names_the_file_and_frame_of_bad_input(tmp_path):
+    frames = copper_frames(3)
+    frames[2].positions[1] = frames[2].positions[0] + [0.05, 0.0, 0.0]
+    write(tmp_path / "in.xyz", frames)
+    with pytest.raises(DataError) as error:
+        import_structures(tmp_path / "in.xyz", tmp_path / "labels.h5", validate=True)
+    assert str(error.value).startswith(f"{tmp_path / 'in.xyz'}: structure 2: atoms 0 and 1")
+    assert not (tmp_path / "labels.h5").exists()
+
+
+def test_isolated_atoms_merge_per_element(tmp_path):
+    with LabelStore(tmp_path / "labels.h5", "a") as store:
+        store.set_isolated_atoms("teacher", {29: -0.5, 79: -0.25})
+        store.set_isolated_atoms("teacher", {29: -0.75})
+        assert store.isolated_atoms("teacher") == {29: -0.75, 79: -0.25}
+        assert store.isolated_atoms("reference") == {}
+        assert len(store) == 0

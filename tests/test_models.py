@@ -1,0 +1,48 @@
+"""Student architectures: the shared physics checks, plus what is specific to each."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlip_distill.models import MODEL_NAMES, NequIP, PaiNN, StudentPotential, build_model
+from physics_mixin import CUTOFF, StudentPhysicsTests
+
+
+class TestNequIP(StudentPhysicsTests):
+    """l_max = 2 exercises every tensor-product path the architecture allows."""
+
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return NequIP(
+            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=2, num_layers=2, radial_hidden=16
+        )
+
+
+class TestNequIPScalarOnly(StudentPhysicsTests):
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return NequIP(elements, CUTOFF, e0, zbl=zbl, channels=8, l_max=0, num_layers=2, radial_hidden=16)
+
+
+class TestPaiNN(StudentPhysicsTests):
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return PaiNN(elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=16, num_layers=2)
+
+
+def test_registry_names_every_model():
+    assert set(MODEL_NAMES) == {"nequip", "painn"}
+    for name in MODEL_NAMES:
+        assert build_model(name, elements=[1, 8], cutoff=CUTOFF).name == name
+
+
+def test_registry_rejects_unknown_name():
+    with pytest.raises(ValueError, match="unknown model 'schnet'"):
+        build_model("schnet", elements=[1])
+
+
+def test_missing_e0_is_named():
+    with pytest.raises(ValueError, match="E0 missing for element\\(s\\) O"):
+        PaiNN([1, 8], CUTOFF, e0={1: -13.6})
+
+
+def test_nequip_rejects_unsupported_l_max():
+    with pytest.raises(ValueError, match="l_max must be 0, 1 or 2"):
+        NequIP([1], CUTOFF, l_max=3)

@@ -1,0 +1,110 @@
+"""The potential package and the ASE calculator: round trip, tamper checks, derivatives, skin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.models import build_model
+from mlip_distill.package import PotentialError, load_potential, save_potential
+
+
+def copper_student(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = build_model("nequip", elements=[29], cutoff=4.0, e0={29: -0.5}, scale=0.3, channels=8, num_layers=2)
+    return model.to(dtype)
+
+
+def rattled_copper(repeat=(2, 1, 1), seed=0):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
+@pytest.fixture
+def package(tmp_path):
+    return save_potential(copper_student(), "nequip", tmp_path / "potential", extra={"teacher": {"name": "emt"}})
+
+
+def test_round_trip_gives_identical_numbers(package):
+    atoms = rattled_copper()
+    original = StudentCalculator(load_potential(package, dtype=torch.float64))
+    reloaded = StudentCalculator(package, dtype="float64")
+    assert original.get_potential_energy(atoms) == pytest.approx(reloaded.get_potential_energy(atoms.copy()), abs=0)
+    metadata = json.loads((package / "potential.json").read_text())
+    assert metadata["elements"] == [29] and metadata["cutoff"] == 4.0
+    assert metadata["teacher"] == {"name": "emt"}
+    assert metadata["units"]["energy"] == "eV"
+
+
+def test_calculator_matches_finite_differences_in_float64(package):
+    atoms = rattled_copper()
+    atoms.calc = StudentCalculator(package, dtype="float64")
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 1e-3  # the check below would be empty otherwise
+    numerical_forces = calculate_numerical_forces(atoms, eps=1e-5)
+    numerical_stress = calculate_numerical_stress(atoms, eps=1e-6)
+    np.testing.assert_allclose(forces, numerical_forces, rtol=1e-5, atol=1e-5 * np.abs(forces).max())
+    np.testing.assert_allclose(stress, numerical_stress, rtol=1e-5, atol=1e-5 * np.abs(stress).max())
+    assert np.sum(atoms.get_potential_energies()) == pytest.approx(atoms.get_potential_energy())
+
+
+def test_neighbour_list_is_reused_within_the_skin_and_stays_exact(package):
+    atoms = rattled_copper()
+    calculator = StudentCalculator(package, dtype="float64", skin=1.0)
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        atoms.positions += rng.normal(0, 0.03, atoms.positions.shape)  # well inside half the skin
+        energy = calculator.get_potential_energy(atoms)
+        fresh = StudentCalculator(package, dtype="float64", skin=0.0).get_potential_energy(atoms)
+        assert energy == pytest.approx(fresh, rel=1e-12)
+    assert calculator.neighbour_list_builds == 1
+    atoms.positions[0] += [0.6, 0.0, 0.0]  # beyond half the skin
+    calculator.get_potential_energy(atoms)
+    assert calculator.neighbour_list_builds == 2
+
+
+def test_unknown_element_is_refused(package):
+    atoms = rattled_copper()
+    atoms.symbols[0] = "Au"
+    with pytest.raises(PotentialError, match="Au not known to this student"):
+        StudentCalculator(package).get_potential_energy(atoms)
+
+
+def test_tampered_weights_are_refused(package):
+    weights = package / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PotentialError, match="checksum"):
+        load_potential(package)
+
+
+def test_truncated_weights_are_refused(package):
+    weights = package / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(PotentialError, match="modified or truncated"):
+        load_potential(package)
+
+
+def test_other_format_versions_say_which_version_they_need(package):
+    path = package / "potential.json"
+    metadata = json.loads(path.read_text())
+    metadata["format_version"] = 99
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(PotentialError, match="format version 99"):
+        load_potential(package)
+    path.write_text(path.read_text()[:50])
+    with pytest.raises(PotentialError, match="not valid JSON"):
+        load_potential(package)
+
+
+def test_missing_package_is_one_line(tmp_path):
+    with pytest.raises(PotentialError, match="no such potential package"):
+        load_potential(tmp_path / "nothing")

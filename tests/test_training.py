@@ -1,0 +1,71 @@
+"""`mlip-distill train`: a short real run writes a complete run folder and a usable potential."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from ase.calculators.fd import calculate_numerical_forces
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.training.checkpoint import model_state_from_checkpoint
+from mlip_distill.training.run import compose_config, train
+from conftest import emt_copper_cells
+
+TINY = ["model.channels=8", "model.num_layers=1", "model.radial_hidden=16", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def short_run(copper_label_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = compose_config(
+        [f"data.path={copper_label_file}", f"run_dir={run_dir}", "trainer.max_epochs=6", "data.n_valid=8", *TINY]
+    )
+    return train(config)
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_folder_is_complete(short_run):
+    run_dir = short_run.run_dir
+    for name in ("config.yaml", "metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "potential/weights.safetensors", "potential/potential.json"):
+        assert (run_dir / name).is_file(), name
+    columns = read_metrics(run_dir)[0].keys()
+    for column in ("train_loss", "train_forces", "train_forces_weighted", "val_forces_rmse_mev_per_A",
+                   "val_energy_mae_mev_per_atom", "val_loss"):
+        assert column in columns
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_training_lowers_the_validation_error(short_run):
+    rows = [r for r in read_metrics(short_run.run_dir) if r.get("val_forces_rmse_mev_per_A")]
+    errors = [float(r["val_forces_rmse_mev_per_A"]) for r in rows]
+    assert len(errors) == 6
+    assert min(errors[1:]) < errors[0]
+    assert short_run.metrics["forces_rmse_mev_per_A"] == pytest.approx(min(errors), rel=1e-4)
+
+
+def test_checkpoint_loads_without_unpickling(short_run):
+    state = model_state_from_checkpoint(short_run.run_dir / "checkpoints" / "best.ckpt")
+    assert any(key.startswith("scale_shift") for key in state)
+
+
+def test_exported_potential_runs_in_ase_with_exact_forces(short_run):
+    atoms = emt_copper_cells(1, seed=7)[0]
+    atoms.calc = StudentCalculator(short_run.potential_dir, dtype="float64")
+    forces = atoms.get_forces()
+    np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=1e-5), atol=1e-5 * np.abs(forces).max())
+
+
+def test_user_config_dir_is_searched_first(copper_label_file, tmp_path):
+    experiments = tmp_path / "configs" / "experiment"
+    experiments.mkdir(parents=True)
+    (experiments / "mine.yaml").write_text("# @package _global_\nexperiment_name: mine\ntrainer:\n  max_epochs: 1\n")
+    config = compose_config(["experiment=mine", f"data.path={copper_label_file}"], config_dir=tmp_path / "configs")
+    assert config.experiment_name == "mine" and config.trainer.max_epochs == 1
+    assert config.model.name == "nequip"  # packaged groups are still found
