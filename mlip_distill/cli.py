@@ -189,8 +189,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.errors import DataError
     from .package import PotentialError
     from .teachers.base import TeacherError
+    from .training.run import ConfigError
 
-    return (DataError, PotentialError, TeacherError, FileNotFoundError, HydraException, OmegaConfBaseException)
+    return (DataError, PotentialError, TeacherError, ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
+from torch import nn
 from torch_geometric.loader import DataLoader
 
 from .data.dataset import GraphDataset
@@ -18,6 +19,18 @@ from .package import Potential, load_potential
 
 def _is_label_file(path: Path) -> bool:
     return path.suffix.lower() in (".h5", ".hdf5")
+
+
+def evaluate_model(model: nn.Module, batches: Iterable) -> dict[str, float]:
+    """MAE and RMSE (meV units) of a student over labelled graph batches; stress where labelled."""
+    device = next(model.parameters()).device
+    metrics = ErrorMetrics()
+    for batch in batches:
+        batch = batch.to(device)
+        with_stress = bool(torch.isfinite(batch.stress).any())
+        prediction = model(batch, compute_forces=True, compute_stress=with_stress, create_graph=False)
+        metrics.update(prediction, batch)
+    return metrics.compute()
 
 
 def evaluate_store(
@@ -32,7 +45,6 @@ def evaluate_store(
     name = name or str(store_path)
     model = potential.model
     dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
     with LabelStore(store_path) as store:
         available = store.sources()
         for index in indices if indices is not None else range(len(store)):
@@ -42,13 +54,7 @@ def evaluate_store(
         if source not in available:
             raise DataError(f"{name}: no label source '{source}' (it has {', '.join(available) or 'none'})")
         dataset = GraphDataset(store_path, source, potential.cutoff, indices=indices, require=(), dtype=dtype)
-        metrics = ErrorMetrics()
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            batch = batch.to(device)
-            with_stress = bool(torch.isfinite(batch.stress).any())
-            prediction = model(batch, compute_forces=True, compute_stress=with_stress, create_graph=False)
-            metrics.update({k: v.detach() for k, v in prediction.items() if isinstance(v, torch.Tensor)}, batch)
-        results[source] = {**metrics.compute(), "n_structures": len(dataset)}
+        results[source] = {**evaluate_model(model, DataLoader(dataset, batch_size=batch_size)), "n_structures": len(dataset)}
     return results
 
 

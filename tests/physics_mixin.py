@@ -90,7 +90,7 @@ class StudentPhysicsTests:
     def energy_at(self, model: StudentPotential, batch: Batch, positions: torch.Tensor, cell: torch.Tensor) -> float:
         """Energy with the graph's edges kept fixed and positions / cell replaced."""
         batch.pos, batch.cell = positions, cell
-        return float(model(batch, compute_forces=False)["energy"].sum())
+        return float(model(batch, compute_forces=False)["energy"].detach().sum())
 
     def test_output_keys_and_shapes(self, model):
         structures = [rattled_alloy(), alloy_cluster()]

@@ -7,7 +7,6 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.io import read, write
 
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import (
@@ -99,7 +98,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
     ("key", "value", "problem"),
     [
         ("energy", np.array(np.inf), "infinite value in energy"),
-        ("forces", np.array([[np.nan, 0.0, 0.0]] + [[0.0, 0.0, 0.0]] * 7), "forces partly NaN (1 of 24 values)"),
+        ("forces", np.r_[[[np.nan, 0, 0]], np.zeros((7, 3))], "forces partly NaN (1 of 24 values)"),
         ("forces", np.zeros((7, 3)), "forces have shape (7, 3) but the structure has 8 atoms"),
         ("stress", np.zeros(5), "stress has shape (5,), expected (6,)"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import h5py
 import numpy as np
@@ -23,7 +24,7 @@ from mlip_distill.data.store import LabelStore, export_structures, import_struct
 
 
 def copper_frames(n: int, first_seed: int = 0, stress: bool = True) -> list[Atoms]:
-    """Rattled Cu supercells of 4 to 12 atoms with EMT labels (stress only when asked)."""
+    """Rattled Cu supercells of 4 to 12 atoms with EMT labels (without stress if asked)."""
     frames = []
     for seed in range(first_seed, first_seed + n):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1 + seed % 3, 1, 1))
@@ -31,8 +32,8 @@ def copper_frames(n: int, first_seed: int = 0, stress: bool = True) -> list[Atom
         atoms.calc = EMT()
         atoms.get_potential_energy()
         atoms.get_forces()
-        if stress:
-            atoms.get_stress()
+        if not stress:
+            del atoms.calc.results["stress"]
         atoms.info["config_type"] = f"rattle-{seed}"
         frames.append(atoms)
     return frames
@@ -142,10 +143,12 @@ def test_reading_by_index_slices_one_structure(store_path):
 
 def test_dataloader_workers_reopen_the_file(store_path):
     dataset = GraphDataset(store_path, "reference", cutoff=3.0)
-    loader = DataLoader(dataset, batch_size=2, num_workers=2)
-    batches = list(loader)
-    assert sum(batch.num_graphs for batch in batches) == 4
-    assert torch.equal(torch.cat([b.structure_index for b in batches]), torch.arange(4))
+    dataset.store.arrays(0)  # the parent process has the file open before the workers fork
+    in_workers = list(DataLoader(dataset, batch_size=2, num_workers=2))
+    in_parent = list(DataLoader(dataset, batch_size=2))
+    assert len(in_workers) == len(in_parent) == 2
+    for a, b in zip(in_workers, in_parent):
+        assert torch.equal(a.pos, b.pos) and torch.equal(a.forces, b.forces)
 
 
 def test_set_labels_checks_shapes(store_path):
@@ -233,3 +236,38 @@ def test_isolated_atoms_merge_per_element(tmp_path):
         assert store.isolated_atoms("teacher") == {29: -0.75, 79: -0.25}
         assert store.isolated_atoms("reference") == {}
         assert len(store) == 0
+
+
+def test_import_from_an_ase_database_and_molecules_without_cell(tmp_path):
+    molecule = Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.13]])
+    molecule.calc = EMT()
+    molecule.get_forces()
+    frames = [*copper_frames(2), molecule]
+    write(tmp_path / "train.db", frames)
+    assert import_structures(tmp_path / "train.db", tmp_path / "labels.h5") == 3
+    with LabelStore(tmp_path / "labels.h5") as store:
+        back = store.structure(2)
+        assert not back.pbc.any() and back.get_chemical_symbols() == ["C", "O"]
+        np.testing.assert_array_equal(back.positions, molecule.positions)
+        np.testing.assert_array_equal(
+            store.labels("reference", 2)["forces"], molecule.calc.results["forces"]
+        )
+
+
+def test_only_a_read_only_store_can_be_pickled(store_path):
+    with LabelStore(store_path) as store:
+        copy = pickle.loads(pickle.dumps(store))
+        np.testing.assert_array_equal(copy.arrays(1)["positions"], store.arrays(1)["positions"])
+        copy.close()
+    with LabelStore(store_path, "a") as store:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(store)
+
+
+def test_compressed_store_reads_back(tmp_path):
+    frames = copper_frames(2)
+    with LabelStore(tmp_path / "labels.h5", "a", compression="gzip") as store:
+        store.set_labels("reference", store.append(frames), [labels_from_atoms(a) for a in frames])
+    with LabelStore(tmp_path / "labels.h5") as store:
+        assert store._h5["labels/reference/forces"].compression == "gzip"
+        np.testing.assert_array_equal(store.labels("reference", 1)["forces"], frames[1].get_forces())

@@ -56,7 +56,7 @@ def test_rattle_draws_one_sigma_per_copy_within_the_range(copper):
     sigmas = np.array([c.info["rattle_sigma"] for c in copies])
     assert ((sigmas >= 0.05) & (sigmas <= 0.15)).all()
     assert sigmas.std() > 0.01  # drawn, not fixed
-    for copy, sigma in zip(copies, sigmas):
+    for copy, sigma in zip(copies, sigmas, strict=True):
         assert displacements(copper, copy).std() == pytest.approx(sigma, rel=0.1)
         np.testing.assert_array_equal(copy.cell.array, copper.cell.array)
 
@@ -82,7 +82,9 @@ def test_strain_is_symmetric_bounded_and_keeps_fractional_coordinates(copper):
     assert np.abs(epsilons[:, 0, 1]).max() > 0.01  # shear present
     for copy in copies[:5]:
         np.testing.assert_allclose(
-            copy.get_scaled_positions(wrap=False), copper.get_scaled_positions(wrap=False), atol=1e-12
+            copy.get_scaled_positions(wrap=False),
+            copper.get_scaled_positions(wrap=False),
+            atol=1e-12,
         )
 
 

@@ -27,10 +27,10 @@ def rattled_copper(seed: int = 0, scale: float = 1.0) -> Atoms:
 
 
 class FailsOnMarkedStructures(EMT):
-    """EMT that raises, like an unconverged SCF, on structures with ``info["unconverged"]``."""
+    """EMT that raises, like an unconverged SCF, on structures of config_type "unconverged"."""
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=()):
-        if atoms is not None and atoms.info.get("unconverged"):
+        if atoms is not None and atoms.info.get("config_type") == "unconverged":
             raise RuntimeError("SCF did not converge")
         super().calculate(atoms, properties, system_changes)
 
@@ -212,7 +212,7 @@ def test_label_file_writes_teacher_labels_provenance_and_isolated_atoms(tmp_path
 
 def test_teacher_failure_is_recorded_and_skipped(tmp_path):
     structures = [rattled_copper(seed) for seed in range(3)]
-    structures[1].info["unconverged"] = True
+    structures[1].info["config_type"] = "unconverged"
     ase.io.write(tmp_path / "in.xyz", structures)
     teacher = ASECalculatorTeacher(FailsOnMarkedStructures(), name="flaky-emt")
     summary = label_file(tmp_path / "in.xyz", teacher, tmp_path / "out.h5", progress=False)
@@ -224,11 +224,25 @@ def test_teacher_failure_is_recorded_and_skipped(tmp_path):
         assert np.isnan(store.labels("teacher", 1)["forces"]).all()
 
 
+def test_relabelling_in_place_leaves_no_stale_labels_on_failures(tmp_path):
+    structures = [rattled_copper(seed) for seed in range(2)]
+    structures[0].info["config_type"] = "unconverged"
+    ase.io.write(tmp_path / "in.xyz", structures)
+    store_path = tmp_path / "labels.h5"
+    label_file(tmp_path / "in.xyz", "emt", store_path, progress=False)
+    flaky = ASECalculatorTeacher(FailsOnMarkedStructures(), name="flaky-emt")
+    summary = label_file(store_path, flaky, store_path, progress=False)
+    assert summary.failures == [(0, "RuntimeError: SCF did not converge")]
+    with LabelStore(store_path) as store:
+        assert store.has_label("teacher", "energy").tolist() == [False, True]
+        assert store.provenance("teacher")["name"] == "flaky-emt"
+
+
 def test_reference_labels_in_the_input_are_kept_next_to_the_teacher(tmp_path):
     structures = [rattled_copper(seed) for seed in range(2)]
     dft_energies = [-1.5, -2.5]
     dft_forces = [np.full((32, 3), 0.1), np.full((32, 3), -0.2)]
-    for atoms, energy, forces in zip(structures, dft_energies, dft_forces):
+    for atoms, energy, forces in zip(structures, dft_energies, dft_forces, strict=True):
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
     lone_copper = Atoms("Cu", positions=[[0, 0, 0]])
     lone_copper.calc = SinglePointCalculator(lone_copper, energy=-0.3)
@@ -266,7 +280,9 @@ def test_label_store_in_place_and_into_a_copy(tmp_path):
     with LabelStore(copy_path) as copy, LabelStore(store_path) as original:
         assert copy.sources() == ["lj", "lj2", "teacher"]
         assert original.sources() == ["lj", "teacher"]
-        np.testing.assert_array_equal(copy.labels("lj2", 1)["forces"], copy.labels("lj", 1)["forces"])
+        np.testing.assert_array_equal(
+            copy.labels("lj2", 1)["forces"], copy.labels("lj", 1)["forces"]
+        )
     with pytest.raises(ValueError, match="already exists"):
         label_file(store_path, lj_spec, copy_path, source="lj3", progress=False)
 

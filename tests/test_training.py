@@ -45,7 +45,7 @@ def test_run_folder_is_complete(short_run):
 def test_training_lowers_the_validation_error(short_run):
     rows = [r for r in read_metrics(short_run.run_dir) if r.get("val_forces_rmse_mev_per_A")]
     errors = [float(r["val_forces_rmse_mev_per_A"]) for r in rows]
-    assert len(errors) == 6
+    assert len(errors) == 6  # one per epoch
     assert min(errors[1:]) < errors[0]
     assert short_run.metrics["forces_rmse_mev_per_A"] == pytest.approx(min(errors), rel=1e-4)
 

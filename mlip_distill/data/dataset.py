@@ -123,7 +123,7 @@ def split_indices(
         raise ValueError("give exactly one of valid_fraction and n_valid")
     if valid_fraction is not None:
         if not 0.0 < valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must lie strictly between 0 and 1, not {valid_fraction}")
+            raise ValueError(f"valid_fraction must lie strictly in (0, 1), not {valid_fraction}")
         n_valid = max(1, round(valid_fraction * n))
     if not 0 < n_valid < n:
         raise ValueError(f"cannot split {n} structures into train and {n_valid} for validation")

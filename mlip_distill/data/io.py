@@ -171,7 +171,7 @@ def validate_structure(
             atoms.positions[j] - atoms.positions[i] + shifts[0] @ atoms.cell.array
         )
         raise DataError(
-            f"{where}: atoms {i} and {j} are {distance:.3g} Å apart "
+            f"{where}: atoms {min(i, j)} and {max(i, j)} are {distance:.3g} Å apart "
             f"(closer than {min_distance} Å)"
         )
 

@@ -108,7 +108,9 @@ def compute_statistics(
             element_counts.update(composition)
             compositions.append(composition)
             sizes.append(len(numbers))
-            centres, _, _ = neighbour_list(arrays["positions"], arrays["cell"], arrays["pbc"], cutoff)
+            centres, _, _ = neighbour_list(
+                arrays["positions"], arrays["cell"], arrays["pbc"], cutoff
+            )
             n_edges += len(centres)
             if source is None:
                 energies.append(np.nan)
@@ -127,7 +129,7 @@ def compute_statistics(
     sizes = np.array(sizes)
     has_energy = np.isfinite(energies)
     e0, e0_method = _reference_energies(
-        elements, counts[has_energy], energies[has_energy], isolated, f"{store_path}: {source}"
+        elements, counts[has_energy], energies[has_energy], isolated, f"source '{source}'"
     )
     if has_energy.any():
         e0_sums = counts[has_energy] @ np.array([e0[z] for z in elements])

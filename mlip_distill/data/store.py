@@ -142,7 +142,7 @@ class LabelStore:
                 self._file = h5py.File(self._temp, "w")
                 _create_layout(self._file, self.compression)
         except BaseException:
-            self._temp.unlink(missing_ok=True)
+            self._discard()
             raise
         self._pid = os.getpid()
 
@@ -438,7 +438,7 @@ def _open_checked(path: Path, name: str, mode: str) -> h5py.File:
         raise unreadable from exc
     try:
         version = f.attrs.get("schema_version")
-        if version is None or "structures" not in f:
+        if version is None:
             raise DataError(f"{name}: not a label file (no schema_version attribute)")
         if int(version) != SCHEMA_VERSION:
             raise DataError(

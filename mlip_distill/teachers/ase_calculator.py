@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -12,7 +14,7 @@ from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedErr
 from mlip_distill.teachers.base import Teacher
 
 
-def json_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
+def _json_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``settings`` that ``json.dumps`` accepts: arrays become lists, odd objects
     their ``repr``, so that provenance always fits into the label file."""
 
@@ -58,7 +60,7 @@ class ASECalculatorTeacher(Teacher):
         self.version = version
         if settings is None:
             settings = getattr(calculator, "parameters", {}) or {}
-        self.settings = json_safe(settings)
+        self.settings = _json_safe(settings)
 
     def label(self, atoms: Atoms) -> dict[str, np.ndarray]:
         """Energy (eV), forces (N, 3) eV/Å, stress (6,) eV/Å³ and atomic energies (N,) eV."""
@@ -73,10 +75,9 @@ class ASECalculatorTeacher(Teacher):
             stress = np.asarray(atoms.get_stress(voigt=True), dtype=np.float64)
         atomic_energies = np.full(n_atoms, np.nan)
         if "energies" in self.calculator.implemented_properties:
-            try:
+            # Advertised, yet some calculators lack it for some settings: then it stays NaN.
+            with contextlib.suppress(PropertyNotImplementedError):
                 atomic_energies = np.asarray(atoms.get_potential_energies(), dtype=np.float64)
-            except PropertyNotImplementedError:
-                pass  # advertised but not available for this structure (e.g. a DFT setting)
         return {
             "energy": energy,
             "forces": forces,

@@ -20,7 +20,8 @@ All arrays are float64. A missing value is NaN, never zero.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -32,7 +33,14 @@ ISOLATED_ATOM_BOX = 20.0
 
 
 class TeacherError(ValueError):
-    """A teacher cannot be built from its spec or cannot label the structures given to it."""
+    """A teacher cannot be built from its spec or cannot label the structures given to it.
+
+    The message is one line (whitespace, newlines included, is collapsed), for the command
+    line to print without a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 def element_list(numbers: Iterable[int]) -> str:

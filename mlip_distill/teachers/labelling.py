@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from ase import Atoms
@@ -38,9 +38,9 @@ class LabelSummary:
     """
 
     n_labelled: int
-    failures: list[tuple[int, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    out_path: Path = Path()
+    failures: list[tuple[int, str]]
+    seconds: float
+    out_path: Path
 
     @property
     def n_failed(self) -> int:
@@ -95,7 +95,7 @@ def _label_ase_file(
     input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
 ) -> tuple[int, list[tuple[int, str]]]:
     frames = read_structures(input_path)
-    numbers = _elements_present(frames)
+    numbers = _elements_present(atoms.numbers for atoms in frames)
     teacher.check_elements(numbers)
     isolated_atoms = _isolated_atom_energies(teacher, numbers)
     structures, frame_indices, reference, reference_isolated_atoms = [], [], [], {}
@@ -130,7 +130,7 @@ def _label_ase_file(
             store,
             teacher,
             source,
-            zip(frame_indices, store_indices.tolist(), structures),
+            zip(frame_indices, store_indices.tolist(), structures, strict=True),
             len(structures),
             progress,
         )
@@ -140,7 +140,7 @@ def _label_store(
     input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
 ) -> tuple[int, list[tuple[int, str]]]:
     with LabelStore(input_path, "r") as store:
-        numbers = _elements_present(store.structure(i) for i in range(len(store)))
+        numbers = _elements_present(store.arrays(i)["numbers"] for i in range(len(store)))
     teacher.check_elements(numbers)
     isolated_atoms = _isolated_atom_energies(teacher, numbers)
     in_place = out_path.exists() and out_path.samefile(input_path)
@@ -150,6 +150,8 @@ def _label_store(
                 f"{out_path}: already exists; to label a store in place, give it as both "
                 "input and output"
             )
+        if not out_path.parent.is_dir():
+            raise DataError(f"{out_path}: directory {out_path.parent} does not exist")
         shutil.copyfile(input_path, out_path)
     try:
         with LabelStore(out_path, "a") as store:
@@ -199,21 +201,23 @@ def _label_into_store(
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             failures.append((input_index, reason))
             logger.warning("structure %d not labelled by %s: %s", input_index, teacher.name, reason)
-            continue
+            # NaN overwrites what an earlier run may have stored under this source in place.
+            labels = _missing_labels(len(atoms))
+        else:
+            n_labelled += 1
         pending_indices.append(store_index)
         pending_labels.append(labels)
-        n_labelled += 1
         if len(pending_indices) == STRUCTURES_PER_WRITE:
             write_pending()
     write_pending()
     return n_labelled, failures
 
 
-def _elements_present(structures: Iterable[Atoms]) -> set[int]:
-    numbers: set[int] = set()
-    for atoms in structures:
-        numbers.update(int(z) for z in np.unique(atoms.numbers))
-    return numbers
+def _elements_present(numbers_per_structure: Iterable[np.ndarray]) -> set[int]:
+    present: set[int] = set()
+    for numbers in numbers_per_structure:
+        present.update(int(z) for z in np.unique(numbers))
+    return present
 
 
 def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, float]:
@@ -225,6 +229,15 @@ def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, fl
         raise TeacherError(
             f"teacher '{teacher.name}' failed on an isolated atom: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _missing_labels(n_atoms: int) -> dict[str, np.ndarray]:
+    return {
+        "energy": np.array(np.nan),
+        "forces": np.full((n_atoms, 3), np.nan),
+        "stress": np.full(6, np.nan),
+        "atomic_energies": np.full(n_atoms, np.nan),
+    }
 
 
 def _has_any_value(labels: dict[str, np.ndarray]) -> bool:

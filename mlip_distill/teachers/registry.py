@@ -24,7 +24,8 @@ from typing import Any
 
 import ase
 from ase.calculators.calculator import BaseCalculator
-from ase.calculators.emt import EMT, parameters as emt_parameters
+from ase.calculators.emt import EMT
+from ase.calculators.emt import parameters as emt_parameters
 from ase.data import atomic_numbers
 
 from mlip_distill.teachers.ase_calculator import ASECalculatorTeacher

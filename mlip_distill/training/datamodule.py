@@ -50,8 +50,10 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.valid_batch_size = valid_batch_size or batch_size
         self.num_workers = num_workers
         dataset = GraphDataset(self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype)
-        n_valid = n_valid if n_valid is not None else valid_fraction
-        train, valid = split_indices(len(dataset), n_valid, seed)
+        if n_valid is not None:
+            train, valid = split_indices(len(dataset), n_valid=n_valid, seed=seed)
+        else:
+            train, valid = split_indices(len(dataset), valid_fraction=valid_fraction, seed=seed)
         self.train_set, self.valid_set = Subset(dataset, train), Subset(dataset, valid)
         self.train_store_indices = [int(dataset.indices[i]) for i in train]
         self.valid_store_indices = [int(dataset.indices[i]) for i in valid]

@@ -13,9 +13,11 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger
 
 from ..data.store import LabelStore
+from ..evaluate import evaluate_model
 from ..losses import build_loss
 from ..models import build_model
 from ..package import save_potential
@@ -50,6 +52,10 @@ def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
     return Path(root) / experiment / f"{stamp}-{secrets.token_hex(3)}"
 
 
+class ConfigError(ValueError):
+    """A training config that cannot run (a required setting left unset, say)."""
+
+
 @dataclass
 class TrainResult:
     """Where a run went and what it reached (validation metrics in meV units)."""
@@ -77,6 +83,9 @@ def train(config: DictConfig) -> TrainResult:
     ``checkpoints/`` (best and last) and ``potential/`` (the exported package, with the
     best weights on the monitored validation metric).
     """
+    missing = sorted(OmegaConf.missing_keys(config))
+    if missing:
+        raise ConfigError(f"missing required setting(s) {', '.join(missing)}: give them as key=value, e.g. data.path=labels.h5")
     start = time.perf_counter()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     run_dir = Path(config.run_dir) if config.run_dir else new_run_dir(config.experiment_name)
@@ -96,7 +105,7 @@ def train(config: DictConfig) -> TrainResult:
     model_name = model_options.pop("name")
     model = build_model(
         model_name,
-        elements=stats.elements,
+        elements=sorted(stats.element_counts),
         e0=stats.e0,
         scale=stats.force_rms,
         avg_num_neighbors=stats.mean_neighbours,
@@ -111,7 +120,7 @@ def train(config: DictConfig) -> TrainResult:
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=CSVLogger(str(run_dir), name="", version=""),
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
         inference_mode=False,
         enable_model_summary=False,
         **trainer_options,
@@ -120,11 +129,8 @@ def train(config: DictConfig) -> TrainResult:
 
     if checkpoint.best_model_path:
         model.load_state_dict(model_state_from_checkpoint(checkpoint.best_model_path))
-    metrics = {
-        key.removeprefix("val_"): float(value)
-        for key, value in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()
-        if key.startswith("val_") and key != "val_loss"
-    }
+    model.eval()
+    metrics = evaluate_model(model, datamodule.val_dataloader())
     with LabelStore(datamodule.path) as store:
         teacher = store.provenance(datamodule.source) if datamodule.source in store.sources() else {}
     potential_dir = save_potential(
