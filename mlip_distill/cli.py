@@ -188,10 +188,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .data.errors import DataError
     from .package import PotentialError
+    from .sampling.errors import SamplingError
     from .teachers.base import TeacherError
     from .training.run import ConfigError
 
-    return (DataError, PotentialError, TeacherError, ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException)
+    return (DataError, PotentialError, SamplingError, TeacherError, ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ase.io import write
-
 from .calculator import StudentCalculator
 from .evaluate import evaluate_store
 from .md.langevin import run_langevin
 from .package import load_potential
-from .sampling.perturb import sample_structures
+from .sampling.perturb import sample_file
 from .sampling.seeds import seed_structures
 from .teachers import load_teacher
 from .teachers.labelling import label_file
@@ -54,12 +52,11 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
     run_dir.mkdir(parents=True)
     structures_path, labels_path = run_dir / "structures.xyz", run_dir / "labels.h5"
 
-    seeds = seed_structures(settings.seeds)
-    structures = sample_structures(
-        seeds, settings.n_structures, rattle_sigma=settings.rattle, max_strain=settings.max_strain, seed=settings.seed
+    n_structures = sample_file(
+        settings.seeds, structures_path, settings.n_structures,
+        rattle_sigma=settings.rattle, max_strain=settings.max_strain, seed=settings.seed,
     )
-    write(structures_path, structures)
-    _log(f"sampled {len(structures)} structures from {settings.seeds} -> {structures_path}")
+    _log(f"sampled {n_structures} structures from {settings.seeds} -> {structures_path}")
 
     teacher = load_teacher(settings.teacher)
     summary_label = label_file(structures_path, teacher, labels_path)
@@ -86,7 +83,7 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
     teacher_md = run_langevin(md_atoms, teacher.calculator, settings.teacher_md_steps, settings.temperature)
     summary = {
         "potential": str(result.potential_dir),
-        "n_structures": len(structures),
+        "n_structures": n_structures,
         "n_valid": errors["n_structures"],
         "errors_vs_teacher": errors,
         "training_seconds": result.seconds,

@@ -71,7 +71,12 @@ def batch_of(*structures: Atoms) -> Batch:
 
 
 class StudentPhysicsTests:
-    """Inherit and implement :meth:`make_model` to run every physics check on an architecture."""
+    """Inherit and implement :meth:`make_model` to run every physics check on an architecture.
+
+    Set ``with_zbl`` to run the checks with the ZBL repulsion prior switched on.
+    """
+
+    with_zbl: bool = False
 
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         """A fresh, small student in the default dtype, cutoff :data:`CUTOFF`."""
@@ -80,7 +85,7 @@ class StudentPhysicsTests:
     @pytest.fixture(scope="class")
     def model(self) -> StudentPotential:
         torch.manual_seed(0)
-        return self.make_model(ELEMENTS, E0).double().eval()
+        return self.make_model(ELEMENTS, E0, zbl=self.with_zbl).double().eval()
 
     @staticmethod
     def evaluate(model: StudentPotential, *structures: Atoms, stress: bool = False) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ def test_items_are_graphs_with_store_index_and_labels(store_path):
     graph = dataset[1]
     with LabelStore(store_path) as store:
         arrays, labels = store.arrays(2), store.labels("reference", 2)
-    assert graph.structure_index.item() == 2 and graph.system_id.item() == 3
+    assert graph.structure_id.item() == 2 and graph.system_id.item() == 3
     np.testing.assert_array_equal(graph.pos.numpy(), arrays["positions"])
     np.testing.assert_array_equal(graph.forces.numpy(), labels["forces"])
     assert graph.edge_index.shape[1] == 4 * 12
@@ -86,3 +86,18 @@ def test_split_is_disjoint_complete_and_reproducible():
     np.testing.assert_array_equal(again[1], valid)
     with pytest.raises(ValueError):
         split_indices(1, valid_fraction=0.5)
+
+
+def test_structure_and_system_ids_survive_batching():
+    from torch_geometric.data import Batch
+
+    from mlip_distill.data.graph import build_graph
+
+    cell = np.eye(3) * 5.0
+    graphs = [
+        build_graph([29, 29], [[0, 0, 0], [1.8, 0, 0]], cell, [True] * 3, 3.0, structure_id=7 + k, system_id=k)
+        for k in range(3)
+    ]
+    batch = Batch.from_data_list(graphs)
+    assert batch.structure_id.tolist() == [7, 8, 9]
+    assert batch.system_id.tolist() == [0, 1, 2]

@@ -17,7 +17,9 @@ class TestNequIP(StudentPhysicsTests):
         )
 
 
-class TestNequIPScalarOnly(StudentPhysicsTests):
+class TestNequIPScalarWithZBL(StudentPhysicsTests):
+    with_zbl = True
+
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return NequIP(elements, CUTOFF, e0, zbl=zbl, channels=8, l_max=0, num_layers=2, radial_hidden=16)
 

@@ -19,7 +19,7 @@ class GraphDataset(torch.utils.data.Dataset):
     """The structures of a label store as graph records (see :mod:`mlip_distill.data.graph`).
 
     Each item is read from the file when asked for, with the labels of one source (NaN where
-    missing), ``structure_index`` set to the store index and ``system_id`` to the store's. The
+    missing), ``structure_id`` set to the store index and ``system_id`` to the store's. The
     store reopens its file in each DataLoader worker, so ``num_workers > 0`` is safe.
 
     Attributes:
@@ -99,7 +99,7 @@ class GraphDataset(torch.utils.data.Dataset):
             arrays["pbc"],
             self.cutoff,
             labels=self.store.labels(self.source, index) if self.source is not None else None,
-            structure_index=index,
+            structure_id=index,
             system_id=arrays["system_id"],
             dtype=self.dtype,
         )

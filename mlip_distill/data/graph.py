@@ -15,7 +15,8 @@ field              shape       dtype      meaning
 ``cell_shifts``    (E, 3)      float      integer image offsets S of j, so that the edge vector
                                           is ``pos[j] - pos[i] + S @ cell``
 ``n_atoms``        (1,)        int64      atoms in the structure
-``structure_index`` (1,)       int64      index of the structure in its dataset (for errors)
+``structure_id``   (1,)        int64      index of the structure in its dataset (for errors;
+                                          not named *index, which torch-geometric would offset)
 ``system_id``      (1,)        int64      structures that are conformers of one system share it
 =================  ==========  =========  ====================================================
 
@@ -68,7 +69,7 @@ def build_graph(
     pbc: np.ndarray,
     cutoff: float,
     labels: Mapping[str, np.ndarray] | None = None,
-    structure_index: int = -1,
+    structure_id: int = -1,
     system_id: int = -1,
     dtype: torch.dtype | None = None,
 ) -> Data:
@@ -92,7 +93,7 @@ def build_graph(
         edge_index=torch.as_tensor(np.stack([i, j])),
         cell_shifts=torch.as_tensor(shifts, dtype=dtype),
         n_atoms=torch.tensor([n]),
-        structure_index=torch.tensor([structure_index]),
+        structure_id=torch.tensor([structure_id]),
         system_id=torch.tensor([system_id]),
         num_nodes=n,
     )

@@ -110,7 +110,7 @@ class PaiNN(StudentPotential):
         avg_num_neighbors: float = 1.0,
         zbl: bool = False,
         learn_scale: bool = False,
-        channels: int = 64,
+        channels: int = 32,
         num_layers: int = 3,
         num_basis: int = 16,
         trainable_basis: bool = False,

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
-from mlip_distill.data.store import LabelStore, _is_isolated_atom
+from mlip_distill.data.store import LabelStore, is_isolated_atom
 from mlip_distill.teachers.base import Teacher, TeacherError
 from mlip_distill.teachers.registry import load_teacher
 
@@ -103,7 +103,7 @@ def _label_ase_file(
         where = f"{input_path}: structure {k}"
         labels = labels_from_atoms(atoms)
         # Same convention as import_structures: a lone atom is a reference E0, not a structure.
-        if _is_isolated_atom(atoms, where):
+        if is_isolated_atom(atoms, where):
             if np.isfinite(labels["energy"]):
                 reference_isolated_atoms[int(atoms.numbers[0])] = float(labels["energy"])
             continue
