@@ -69,6 +69,7 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
             f"data.n_valid={settings.n_valid}",
             f"run_dir={run_dir / 'train'}",
             f"seed={settings.seed}",
+            "trainer.enable_progress_bar=false",
             *settings.train_overrides,
         ]
     )

@@ -82,12 +82,13 @@ def compute_statistics(
     source: str | None,
     cutoff: float,
     indices: Sequence[int] | None = None,
+    e0_from: str = "isolated",
 ) -> DatasetStatistics:
     """Statistics of the structures ``indices`` (default all) of a label store.
 
-    E0 comes from the store's isolated-atom energies of ``source``; elements without one get E0
-    from a least-squares fit of the energies on element counts (with a warning), the known E0
-    held fixed.
+    With ``e0_from="isolated"`` E0 comes from the store's isolated-atom energies of ``source``;
+    elements without one get E0 from a least-squares fit of the energies on element counts
+    (with a warning), the known E0 held fixed. With ``e0_from="fit"`` every E0 is fitted.
 
     Raises:
         DataError: no structures, or ``source`` is not in the store.
@@ -96,7 +97,10 @@ def compute_statistics(
         indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
             raise DataError(f"{store_path}: no structures to compute statistics of")
-        isolated = store.isolated_atoms(source) if source is not None else {}
+        if e0_from not in ("isolated", "fit"):
+            raise ValueError(f"e0_from must be 'isolated' or 'fit', not '{e0_from}'")
+        use_isolated = source is not None and e0_from == "isolated"
+        isolated = store.isolated_atoms(source) if use_isolated else {}
         element_counts: Counter[int] = Counter()
         compositions, sizes, energies = [], [], []
         n_edges, n_with_forces, n_with_stress = 0, 0, 0
@@ -129,7 +133,7 @@ def compute_statistics(
     sizes = np.array(sizes)
     has_energy = np.isfinite(energies)
     e0, e0_method = _reference_energies(
-        elements, counts[has_energy], energies[has_energy], isolated, f"source '{source}'"
+        elements, counts[has_energy], energies[has_energy], isolated, f"source '{source}'", warn=use_isolated
     )
     if has_energy.any():
         e0_sums = counts[has_energy] @ np.array([e0[z] for z in elements])
@@ -164,6 +168,7 @@ def _reference_energies(
     energies: np.ndarray,
     isolated: dict[int, float],
     where: str,
+    warn: bool = True,
 ) -> tuple[dict[int, float], str]:
     """E0 per element: isolated-atom energies where known, the rest fitted by least squares.
 
@@ -191,11 +196,12 @@ def _reference_energies(
         if rank < len(missing)
         else ""
     )
-    warnings.warn(
-        f"{where}: no isolated-atom energy for {symbols}: E0 fitted by least squares on "
-        f"element counts{underdetermined}",
-        stacklevel=3,
-    )
+    if warn or underdetermined:
+        warnings.warn(
+            f"{where}: no isolated-atom energy for {symbols}: E0 fitted by least squares on "
+            f"element counts{underdetermined}",
+            stacklevel=3,
+        )
     return e0, "isolated atoms and least squares" if isolated else "least squares"
 
 

@@ -58,9 +58,12 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.train_store_indices = [int(dataset.indices[i]) for i in train]
         self.valid_store_indices = [int(dataset.indices[i]) for i in valid]
 
-    def statistics(self) -> DatasetStatistics:
-        """E0s, scales and neighbour counts of the training split (never the validation split)."""
-        return compute_statistics(self.path, self.source, self.cutoff, indices=self.train_store_indices)
+    def statistics(self, e0_from: str = "isolated") -> DatasetStatistics:
+        """E0s, scales and neighbour counts of the training split (never the validation split).
+
+        ``e0_from``: ``isolated`` (the teacher's isolated-atom energies) or ``fit`` (least squares).
+        """
+        return compute_statistics(self.path, self.source, self.cutoff, self.train_store_indices, e0_from)
 
     def stress_rms(self) -> float | None:
         """RMS of the training split's stress components in eV/Å³, or None without stress."""

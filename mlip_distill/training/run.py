@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,11 +23,20 @@ from ..evaluate import evaluate_model
 from ..losses import build_loss
 from ..models import build_model
 from ..package import save_potential
+from .callbacks import EpochSummary
 from .checkpoint import AtomicModelCheckpoint, model_state_from_checkpoint
 from .datamodule import LabelFileDataModule
 from .module import StudentModule
 
 CONFIG_MODULE = "mlip_distill.configs"
+
+
+def _quieten_lightning() -> None:
+    """Keep Lightning's banners and tips out of the output; warnings still show."""
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
+    # config.yaml is written into the run folder before the CSV logger starts there
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
@@ -68,9 +79,15 @@ class TrainResult:
 
 
 def _scales(stats, datamodule: LabelFileDataModule) -> dict[str, float]:
-    """Each loss term's unit of error from the training split's statistics."""
+    """Each loss term's unit of error from the training split's statistics.
+
+    The energy unit is the spread (standard deviation) of the per-atom energy after E0, not its
+    RMS: the RMS is dominated by the cohesive energy, which a constant learns, and would make
+    the energy term almost weightless.
+    """
+    energy_spread = max(stats.energy_rms_per_atom**2 - stats.energy_mean_per_atom**2, 0.0) ** 0.5
     return {
-        "energy": max(stats.energy_rms_per_atom, 1e-3),
+        "energy": max(energy_spread, 1e-3),
         "forces": max(stats.force_rms, 1e-3),
         "stress": max(datamodule.stress_rms() or 1e-3, 1e-4),
     }
@@ -87,6 +104,7 @@ def train(config: DictConfig) -> TrainResult:
     if missing:
         raise ConfigError(f"missing required setting(s) {', '.join(missing)}: give them as key=value, e.g. data.path=labels.h5")
     start = time.perf_counter()
+    _quieten_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     run_dir = Path(config.run_dir) if config.run_dir else new_run_dir(config.experiment_name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +118,7 @@ def train(config: DictConfig) -> TrainResult:
     datamodule = LabelFileDataModule(
         cutoff=config.model.cutoff, dtype=torch.float64 if float64 else torch.float32, **data_options
     )
-    stats = datamodule.statistics()
+    stats = datamodule.statistics(config.e0_from)
     model_options = OmegaConf.to_container(config.model, resolve=True)
     model_name = model_options.pop("name")
     model = build_model(
@@ -114,13 +132,16 @@ def train(config: DictConfig) -> TrainResult:
     loss = build_loss(OmegaConf.to_container(config.loss, resolve=True), _scales(stats, datamodule))
     module = StudentModule(model, loss, config.optimizer, config.scheduler)
 
+    callbacks: list[pl.Callback] = [LearningRateMonitor(logging_interval="step")]
+    if not trainer_options.get("enable_progress_bar", True):
+        callbacks.append(EpochSummary())
     checkpoint = AtomicModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode="min", save_last=True
     )
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=CSVLogger(str(run_dir), name="", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoint, *callbacks],
         inference_mode=False,
         enable_model_summary=False,
         **trainer_options,
