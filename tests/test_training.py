@@ -69,3 +69,25 @@ def test_user_config_dir_is_searched_first(copper_label_file, tmp_path):
     config = compose_config(["experiment=mine", f"data.path={copper_label_file}"], config_dir=tmp_path / "configs")
     assert config.experiment_name == "mine" and config.trainer.max_epochs == 1
     assert config.model.name == "nequip"  # packaged groups are still found
+
+
+def test_refit_e0_removes_a_constant_energy_offset(copper_label_file):
+    import torch
+    from torch_geometric.loader import DataLoader
+
+    from mlip_distill.data.dataset import GraphDataset
+    from mlip_distill.models import build_model
+    from mlip_distill.training.calibration import refit_e0
+
+    torch.manual_seed(0)
+    model = build_model("painn", elements=[29], cutoff=4.0, e0={29: -2.0}, channels=4, num_layers=1)
+    loader = DataLoader(GraphDataset(copper_label_file, "teacher", 4.0), batch_size=8)
+
+    def mean_error():
+        errors = [(model(b, compute_forces=False)["energy"] - b.energy) / b.n_atoms for b in loader]
+        return torch.cat(errors).mean().item()
+
+    assert abs(mean_error()) > 1.0  # E0 of -2 eV is far from EMT copper
+    refit_e0(model, loader)
+    assert abs(mean_error()) < 1e-6
+    assert model.hyperparameters()["e0"]["29"] == model.e0[29]

@@ -66,6 +66,12 @@ class StudentPotential(nn.Module, ABC):
         self.scale_shift = AtomicEnergyScaleShift(self.elements, self.e0, scale, learn_scale)
         self.zbl = ZBLRepulsion(self.elements, cutoff) if zbl else None
 
+    def set_e0(self, e0: Mapping[int | str, float]) -> None:
+        """Replace the per-element E0 (eV), in the buffers and in :meth:`hyperparameters`."""
+        self.e0 = normalise_e0(self.elements, e0)
+        values = torch.tensor([self.e0[z] for z in self.elements])
+        self.scale_shift.e0.copy_(values.to(self.scale_shift.e0))
+
     @property
     def num_species(self) -> int:
         return len(self.elements)

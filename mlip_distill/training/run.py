@@ -23,6 +23,7 @@ from ..evaluate import evaluate_model
 from ..losses import build_loss
 from ..models import build_model
 from ..package import save_potential
+from .calibration import refit_e0
 from .callbacks import EpochSummary
 from .checkpoint import AtomicModelCheckpoint, model_state_from_checkpoint
 from .datamodule import LabelFileDataModule
@@ -151,6 +152,8 @@ def train(config: DictConfig) -> TrainResult:
     if checkpoint.best_model_path:
         model.load_state_dict(model_state_from_checkpoint(checkpoint.best_model_path))
     model.eval()
+    if config.e0_from == "fit":
+        refit_e0(model, datamodule.train_dataloader())
     metrics = evaluate_model(model, datamodule.val_dataloader())
     with LabelStore(datamodule.path) as store:
         teacher = store.provenance(datamodule.source) if datamodule.source in store.sources() else {}
