@@ -20,7 +20,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mlip-distill distill --demo
+	$(VENV)/bin/mlip-distill distill
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -36,7 +36,8 @@ def test_run_folder_is_complete(short_run):
                  "potential/weights.safetensors", "potential/potential.json"):
         assert (run_dir / name).is_file(), name
     columns = read_metrics(run_dir)[0].keys()
-    for column in ("train_loss", "train_forces", "train_forces_weighted", "val_forces_rmse_mev_per_A",
+    for column in ("train_loss", "train_forces", "train_forces_weighted", "train_forces_rmse_mev_per_A",
+                   "val_forces_rmse_mev_per_A",
                    "val_energy_mae_mev_per_atom", "val_loss"):
         assert column in columns
     assert not list(run_dir.rglob("*.tmp"))
@@ -91,3 +92,23 @@ def test_refit_e0_removes_a_constant_energy_offset(copper_label_file):
     refit_e0(model, loader)
     assert abs(mean_error()) < 1e-6
     assert model.hyperparameters()["e0"]["29"] == model.e0[29]
+
+
+def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    from mlip_distill.training.checkpoint import AtomicModelCheckpoint
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"previous checkpoint")
+
+    class CrashingTrainer:
+        global_step, is_global_zero = 3, True
+
+        def save_checkpoint(self, path, weights_only=False):
+            with open(path, "wb") as handle:
+                handle.write(b"half a checkpoint")
+            raise KeyboardInterrupt  # killed in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        AtomicModelCheckpoint(dirpath=tmp_path)._save_checkpoint(CrashingTrainer(), str(target))
+    assert target.read_bytes() == b"previous checkpoint"
+    assert list(tmp_path.iterdir()) == [target]

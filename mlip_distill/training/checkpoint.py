@@ -18,9 +18,12 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(tmp, filepath)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 

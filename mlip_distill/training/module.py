@@ -16,8 +16,10 @@ class StudentModule(pl.LightningModule):
     """Trains ``model`` (a student of :mod:`mlip_distill.models`) on ``loss``.
 
     Logged every step: ``train_loss`` and each term's raw and weighted value (``train_<term>``,
-    ``train_<term>_weighted``), the learning rate. Every validation epoch: ``val_loss`` and the
-    metrics of :class:`~mlip_distill.metrics.ErrorMetrics` prefixed ``val_``.
+    ``train_<term>_weighted``), the learning rate. Every epoch: the errors of
+    :class:`~mlip_distill.metrics.ErrorMetrics` in meV units over the epoch's training batches
+    (``train_forces_rmse_mev_per_A``, ...; weights change during the epoch), and on the
+    validation set ``val_loss`` and the same errors prefixed ``val_``.
 
     Validation runs with the model in eval mode and without parameter gradients, but forces and
     stress still come from autograd, so the trainer must be built with ``inference_mode=False``.
@@ -35,13 +37,16 @@ class StudentModule(pl.LightningModule):
         self.loss = loss
         self.optimizer_options = dict(optimizer)
         self.scheduler_options = dict(scheduler)
+        self.train_metrics = ErrorMetrics()
         self.val_metrics = ErrorMetrics()
 
     def _predict(self, batch):
         return self.model(batch, compute_forces=True, compute_stress=self.loss.needs_stress)
 
     def training_step(self, batch, batch_idx: int):
-        total, parts = self.loss(self._predict(batch), batch)
+        prediction = self._predict(batch)
+        total, parts = self.loss(prediction, batch)
+        self.train_metrics.update(prediction, batch)
         size = batch.num_graphs
         self.log("train_loss", total.detach(), batch_size=size, prog_bar=True)
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, batch_size=size)
@@ -53,6 +58,13 @@ class StudentModule(pl.LightningModule):
         total, _ = self.loss(prediction, batch)
         self.log("val_loss", total.detach(), batch_size=batch.num_graphs, prog_bar=True)
         self.val_metrics.update(prediction, batch)
+
+    def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.train_metrics.compute()
+        self.log_dict({f"train_{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
