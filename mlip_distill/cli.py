@@ -134,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--source", default=None, help="label source (default: teacher, else the first)")
     stats.set_defaults(run=_stats)
 
-    train = commands.add_parser("train", help="train a student (Hydra overrides: key=value ...)")
+    train = commands.add_parser(
+        "train",
+        help="train a student (Hydra overrides: key=value ...)",
+        description="Train a student from the packaged Hydra configs; every key can be overridden.",
+        epilog=_config_group_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("--config-dir", default=None, help="a folder of your own config groups, searched first")
     train.add_argument("overrides", nargs="*", help="e.g. data.path=labels.h5 model=painn trainer.max_epochs=50")
     train.set_defaults(run=_train)
@@ -174,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("overrides", nargs="*", help="training overrides, e.g. model=painn")
     distill.set_defaults(run=_distill)
     return parser
+
+
+def _config_group_list() -> str:
+    from .training.run import config_groups
+
+    lines = ["config groups (choose with group=option, e.g. model=painn):"]
+    lines += [f"  {group:<10} {', '.join(options)}" for group, options in config_groups().items()]
+    return "\n".join(lines)
 
 
 def _distill_defaults():

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
@@ -49,6 +50,7 @@ def run_langevin(
         timestep_fs: integration time step, fs.  friction_per_fs: Langevin friction, 1/fs.
     """
     atoms = atoms.copy()
+    atoms.set_constraint(FixCom())
     atoms.calc = calculator
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     dynamics = Langevin(
@@ -56,6 +58,7 @@ def run_langevin(
         timestep=timestep_fs * units.fs,
         temperature_K=temperature,
         friction=friction_per_fs / units.fs,
+        fixcm=False,
         rng=np.random.default_rng(seed + 1),
     )
     dynamics.run(warmup)
