@@ -28,7 +28,10 @@ def _sample(args: argparse.Namespace) -> None:
 def _label(args: argparse.Namespace) -> None:
     from .teachers.labelling import label_file
 
-    summary = label_file(args.input, args.teacher, args.out, source=args.source)
+    summary = label_file(
+        args.input, args.teacher, args.out, source=args.source, features=args.features,
+        hvp_probes=args.hvp_probes, seed=args.seed,
+    )
     print(
         f"labelled {summary.n_labelled} structures ({summary.n_failed} failed) in {summary.seconds:.1f} s "
         f"-> {summary.out_path}"
@@ -123,9 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     label = commands.add_parser("label", help="label structures with a teacher into an HDF5 label file")
     label.add_argument("input", help="structures: any ASE-readable file, or a label file (.h5)")
-    label.add_argument("--teacher", required=True, help="teacher spec: emt, or package.module:Class(key=value)")
+    label.add_argument("--teacher", required=True,
+                       help="teacher spec: emt, potential:PATH (a potential package folder), "
+                            "or package.module:Class(key=value)")
     label.add_argument("--out", required=True, help="label file to write or extend (.h5)")
     label.add_argument("--source", default="teacher", help="name of the label source (default teacher)")
+    label.add_argument("--features", nargs="+", default=(), metavar="LAYER",
+                       help="also store the teacher's node features of these layers, e.g. layer_1 "
+                            "(teachers that are networks, such as potential:PATH)")
+    label.add_argument("--hvp-probes", type=_count, default=0, metavar="K",
+                       help="also store Hessian-vector products along K random unit probes per "
+                            "structure (default 0: none)")
+    label.add_argument("--seed", type=int, default=0, help="seed of the random probes (default 0)")
     label.set_defaults(run=_label)
 
     stats = commands.add_parser("stats", help="statistics of a label file or ASE file")
@@ -180,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("overrides", nargs="*", help="training overrides, e.g. model=painn")
     distill.set_defaults(run=_distill)
     return parser
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def _config_group_list() -> str:

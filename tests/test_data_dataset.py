@@ -101,3 +101,56 @@ def test_structure_and_system_ids_survive_batching():
     batch = Batch.from_data_list(graphs)
     assert batch.structure_id.tolist() == [7, 8, 9]
     assert batch.system_id.tolist() == [0, 1, 2]
+
+
+def test_graphs_carry_requested_features_and_products_and_batch_them_along_atoms(store_path):
+    from torch_geometric.loader import DataLoader
+
+    rng = np.random.default_rng(0)
+    written = [
+        {
+            "features": {"layer_1": rng.normal(size=(4, 4)), "layer_2": rng.normal(size=(4, 1))},
+            "hvp_v": rng.normal(size=(4, 3, 3)),
+            "hvp_hv": rng.normal(size=(4, 3, 3)),
+        }
+        for _ in range(2)
+    ]
+    with LabelStore(store_path, "a") as store:
+        store.set_labels(
+            "reference", [0, 2], written, feature_irreps={"layer_1": "1x0e+1x1o", "layer_2": "1x0e"}
+        )
+    plain = GraphDataset(store_path, "reference", cutoff=3.0, indices=[0, 2])
+    assert "features_layer_1" not in plain[0] and "hvp_v" not in plain[0]
+    dataset = GraphDataset(
+        store_path, "reference", cutoff=3.0, indices=[0, 2, 4], dtype=torch.float64,
+        features=("layer_1",), hessian=True,
+    )
+    assert dataset.feature_irreps == {"layer_1": "1x0e+1x1o"} and dataset.hvp_probes == 3
+    assert "features_layer_2" not in dataset[0]
+    batch = next(iter(DataLoader(dataset, batch_size=3)))
+    assert batch.features_layer_1.shape == (12, 4) and batch.hvp_hv.shape == (12, 3, 3)
+    for k, labels in enumerate(written):
+        atoms = batch.batch == k
+        features = batch.features_layer_1[atoms].numpy()
+        np.testing.assert_array_equal(features, labels["features"]["layer_1"])
+        np.testing.assert_array_equal(batch.hvp_v[atoms].numpy(), labels["hvp_v"])
+        np.testing.assert_array_equal(batch.hvp_hv[atoms].numpy(), labels["hvp_hv"])
+    assert torch.isnan(batch.hvp_hv[batch.batch == 2]).all()  # structure 4 has none
+
+
+def test_missing_features_or_products_are_one_line_errors(store_path):
+    with pytest.raises(DataError) as error:
+        GraphDataset(store_path, "reference", cutoff=3.0, indices=[0], features=("layer_1",))
+    assert str(error.value) == (
+        f"{store_path}: source 'reference' has no node features of layer 'layer_1' (layers: none)"
+    )
+    with pytest.raises(DataError, match="source 'reference' has no Hessian-vector products"):
+        GraphDataset(store_path, "reference", cutoff=3.0, indices=[0], hessian=True)
+
+
+def test_a_layer_name_torch_geometric_would_offset_is_refused():
+    from mlip_distill.data.graph import build_graph
+
+    features = {"features": {"batch_norm": np.zeros((1, 2))}}
+    with pytest.raises(ValueError, match="feature layer 'batch_norm'"):
+        build_graph([29], [[0, 0, 0]], np.eye(3) * 5.0, [True] * 3, 3.0, labels=features)

@@ -271,3 +271,138 @@ def test_compressed_store_reads_back(tmp_path):
     with LabelStore(tmp_path / "labels.h5") as store:
         assert store._h5["labels/reference/forces"].compression == "gzip"
         np.testing.assert_array_equal(store.labels("reference", 1)["forces"], frames[1].get_forces())
+
+
+# --- node features and Hessian-vector products ------------------------------------------------
+
+
+def optional_labels(n_atoms: int, seed: int, n_probes: int = 2) -> dict:
+    """Features of two layers (irreps 2x0e+1x1o, dimension 5, and 3x0e) and K probes."""
+    rng = np.random.default_rng(seed)
+    return {
+        "features": {
+            "layer_1": rng.normal(size=(n_atoms, 5)),
+            "layer_2": rng.normal(size=(n_atoms, 3)),
+        },
+        "hvp_v": rng.normal(size=(n_atoms, n_probes, 3)),
+        "hvp_hv": rng.normal(size=(n_atoms, n_probes, 3)),
+    }
+
+
+IRREPS = {"layer_1": "2x0e+1x1o", "layer_2": "3x0e"}
+
+
+def test_features_and_hessian_vector_products_round_trip(store_path):
+    with LabelStore(store_path) as store:
+        sizes = [len(store.arrays(i)["numbers"]) for i in range(len(store))]
+    written = {i: optional_labels(sizes[i], seed=i) for i in (1, 3)}
+    with LabelStore(store_path, "a") as store:
+        store.set_labels("teacher", [3, 1], [written[3], written[1]], feature_irreps=IRREPS)
+    with h5py.File(store_path, "r") as f:
+        assert f["labels/teacher/features/layer_1"].attrs["irreps"] == "2x0e+1x1o"
+        assert f["labels/teacher/features/layer_1"].shape == (sum(sizes), 5)
+        assert f["labels/teacher/hvp_hv"].shape == (sum(sizes), 2, 3)
+    with LabelStore(store_path) as store:
+        assert store.feature_layers("teacher") == IRREPS
+        assert store.hvp_probes("teacher") == 2 and store.hvp_probes("reference") == 0
+        assert store.feature_layers("reference") == {}
+        for i, expected in written.items():
+            labels = store.labels("teacher", i)
+            for layer in IRREPS:
+                np.testing.assert_array_equal(
+                    labels["features"][layer], expected["features"][layer]
+                )
+            for key in ("hvp_v", "hvp_hv"):
+                np.testing.assert_array_equal(labels[key], expected[key])
+        unlabelled = store.labels("teacher", 0)
+        assert unlabelled["features"]["layer_2"].shape == (sizes[0], 3)
+        assert np.isnan(unlabelled["features"]["layer_2"]).all()
+        assert np.isnan(unlabelled["hvp_v"]).all()
+        only_layer_2 = store.labels("teacher", 1, features=["layer_2"], hessian=False)
+        assert list(only_layer_2["features"]) == ["layer_2"] and "hvp_v" not in only_layer_2
+        assert "features" not in store.labels("reference", 1)  # sources without them: no keys
+        np.testing.assert_array_equal(store.has_label("teacher", "hvp_hv"), [0, 1, 0, 1])
+        np.testing.assert_array_equal(store.has_label("teacher", "features/layer_1"), [0, 1, 0, 1])
+        np.testing.assert_array_equal(store.has_label("reference", "hvp_hv"), [0, 0, 0, 0])
+        missing = r"no node features of layer 'layer_3' \(layers: layer_1, layer_2\)"
+        with pytest.raises(DataError, match=missing):
+            store.labels("teacher", 1, features=["layer_3"])
+
+
+def test_appending_structures_nan_fills_features_and_products(store_path):
+    with LabelStore(store_path, "a") as store:
+        n_atoms = len(store.arrays(0)["numbers"])
+        store.set_labels("teacher", [0], [optional_labels(n_atoms, seed=0)], feature_irreps=IRREPS)
+        new = store.append(copper_frames(2, first_seed=10))
+        new_sizes = [len(store.arrays(i)["numbers"]) for i in new]
+    with LabelStore(store_path) as store:
+        assert len(store) == 6
+        for i, n in zip(new, new_sizes):
+            labels = store.labels("teacher", i)
+            assert labels["features"]["layer_1"].shape == (n, 5)
+            assert labels["hvp_hv"].shape == (n, 2, 3)
+            assert np.isnan(labels["features"]["layer_1"]).all()
+            assert np.isnan(labels["hvp_hv"]).all()
+        assert np.isfinite(store.labels("teacher", 0)["hvp_hv"]).all()
+
+
+def test_replace_forgets_the_optional_labels_a_new_label_set_lacks(store_path):
+    with LabelStore(store_path, "a") as store:
+        n_atoms = len(store.arrays(0)["numbers"])
+        store.set_labels("teacher", [0], [optional_labels(n_atoms, seed=0)], feature_irreps=IRREPS)
+        store.set_labels("teacher", [0], [{"energy": np.array(-1.0)}])
+        assert np.isfinite(store.labels("teacher", 0)["hvp_v"]).all()  # kept by default
+        store.set_labels("teacher", [0], [{"energy": np.array(-2.0)}], replace=True)
+        labels = store.labels("teacher", 0)
+    assert float(labels["energy"]) == -2.0
+    assert np.isnan(labels["hvp_v"]).all() and np.isnan(labels["features"]["layer_1"]).all()
+    assert np.isnan(labels["forces"]).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda labels: labels.pop("hvp_hv"), "hvp_v without its partner"),
+        (
+            lambda labels: labels.update(hvp_v=np.zeros((1, 2, 3))),
+            r"hvp_v has shape \(1, 2, 3\), expected \(4, K, 3\)",
+        ),
+        (
+            lambda labels: labels["features"].update(layer_1=np.zeros((4, 6))),
+            r"features of layer 'layer_1' have 6 columns, but their irreps 2x0e\+1x1o have dimension 5",
+        ),
+        (
+            lambda labels: labels["features"].update(layer_9=np.zeros((4, 1))),
+            "no irreps given for the new feature layer 'layer_9'",
+        ),
+        (lambda labels: labels["hvp_hv"].__setitem__((0, 0, 0), np.nan), "hvp_hv partly NaN"),
+        (lambda labels: labels.update(hessian=1.0), "unknown label 'hessian'"),
+    ],
+    ids=["lone hvp_v", "wrong atom count", "wrong width", "no irreps", "partly NaN", "unknown key"],
+)
+def test_bad_optional_labels_name_the_structure(store_path, change, message):
+    with LabelStore(store_path, "a") as store:
+        assert len(store.arrays(0)["numbers"]) == 4
+        labels = optional_labels(4, seed=0)
+        change(labels)
+        with pytest.raises(DataError, match=f"{store_path}: structure 0: {message}"):
+            store.set_labels("teacher", [0], [labels], feature_irreps=IRREPS)
+
+
+def test_a_source_keeps_its_number_of_probes_and_irreps(store_path):
+    with LabelStore(store_path, "a") as store:
+        store.set_labels("teacher", [0], [optional_labels(4, seed=0)], feature_irreps=IRREPS)
+        three_probes = optional_labels(len(store.arrays(1)["numbers"]), seed=1, n_probes=3)
+        with pytest.raises(DataError, match="structure 1: 3 Hessian-vector probes, but the source stores 2"):
+            store.set_labels("teacher", [1], [three_probes])
+        with pytest.raises(DataError, match=r"irreps 5x0e, but the source stores 2x0e\+1x1o"):
+            store.set_labels(
+                "teacher", [0], [optional_labels(4, seed=0)], feature_irreps={"layer_1": "5x0e"}
+            )
+
+
+def test_export_ignores_features_and_products(store_path, tmp_path):
+    with LabelStore(store_path, "a") as store:
+        store.set_labels("reference", [0], [optional_labels(4, seed=0)], feature_irreps=IRREPS)
+    assert export_structures(store_path, "reference", tmp_path / "out.xyz") == 4
+    assert read(tmp_path / "out.xyz", 0).get_forces().shape == (4, 3)

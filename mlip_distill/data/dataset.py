@@ -19,12 +19,16 @@ class GraphDataset(torch.utils.data.Dataset):
     """The structures of a label store as graph records (see :mod:`mlip_distill.data.graph`).
 
     Each item is read from the file when asked for, with the labels of one source (NaN where
-    missing), ``structure_id`` set to the store index and ``system_id`` to the store's. The
-    store reopens its file in each DataLoader worker, so ``num_workers > 0`` is safe.
+    missing), ``structure_id`` set to the store index and ``system_id`` to the store's; on
+    request also the source's node features of some layers (``features_<layer>`` (N, F)) and its
+    Hessian-vector products (``hvp_v``, ``hvp_hv`` (N, K, 3)). The store reopens its file in each
+    DataLoader worker, so ``num_workers > 0`` is safe.
 
     Attributes:
         indices: (len(self),) int64 store indices of the items, in order.
         n_dropped: structures of the requested subset left out for lacking a required label.
+        feature_irreps: e3nn irreps of the loaded feature layers, layer -> irreps.
+        hvp_probes: K, the Hessian-vector probes per structure; 0 unless ``hessian``.
     """
 
     def __init__(
@@ -36,6 +40,8 @@ class GraphDataset(torch.utils.data.Dataset):
         dtype: torch.dtype | None = None,
         require: Sequence[str] = ("energy", "forces"),
         cache: bool = False,
+        features: Sequence[str] = (),
+        hessian: bool = False,
     ) -> None:
         """
         Args:
@@ -44,23 +50,41 @@ class GraphDataset(torch.utils.data.Dataset):
             cutoff: neighbour cutoff, Å.
             indices: store indices to use (default: all).
             dtype: float dtype of the graphs (default: torch's default dtype).
-            require: labels a structure must have to be kept; the others are dropped with a
-                warning that counts them.
+            require: labels a structure must have to be kept (any key of
+                :meth:`~mlip_distill.data.store.LabelStore.has_label`); the others are dropped
+                with a warning that counts them.
             cache: keep built graphs in memory (per process); items are then shared, so do
                 not modify them in place.
+            features: feature layers of the source to load (default none: batches stay small).
+            hessian: load the source's Hessian-vector products.
         Raises:
-            DataError: the source is absent, an index is out of range, or no structure is left.
+            DataError: the source is absent or lacks the requested features or Hessian-vector
+                products, an index is out of range, or no structure is left.
         """
         self.store = LabelStore(store_path)
         self.source = source
         self.cutoff = float(cutoff)
         self.dtype = dtype
         name = str(store_path)
-        if source is None and require:
-            raise ValueError("required labels need a label source")
+        if source is None and (require or features or hessian):
+            raise ValueError("required labels, features and Hessians need a label source")
         if source is not None and source not in self.store.sources():
             known = ", ".join(self.store.sources()) or "none"
             raise DataError(f"{name}: no labels from source '{source}' (sources: {known})")
+        self.features = tuple(features)
+        self.hessian = bool(hessian)
+        stored_layers = self.store.feature_layers(source) if source is not None else {}
+        for layer in self.features:
+            if layer not in stored_layers:
+                known = ", ".join(stored_layers) or "none"
+                raise DataError(
+                    f"{name}: source '{source}' has no node features of layer '{layer}' "
+                    f"(layers: {known})"
+                )
+        self.feature_irreps = {layer: stored_layers[layer] for layer in self.features}
+        self.hvp_probes = self.store.hvp_probes(source) if self.hessian else 0
+        if self.hessian and not self.hvp_probes:
+            raise DataError(f"{name}: source '{source}' has no Hessian-vector products")
         n_stored = len(self.store)
         candidates = np.arange(n_stored) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(candidates) == 0:
@@ -98,7 +122,11 @@ class GraphDataset(torch.utils.data.Dataset):
             arrays["cell"],
             arrays["pbc"],
             self.cutoff,
-            labels=self.store.labels(self.source, index) if self.source is not None else None,
+            labels=(
+                self.store.labels(self.source, index, features=self.features, hessian=self.hessian)
+                if self.source is not None
+                else None
+            ),
             structure_id=index,
             system_id=arrays["system_id"],
             dtype=self.dtype,

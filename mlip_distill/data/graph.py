@@ -21,7 +21,11 @@ field              shape       dtype      meaning
 =================  ==========  =========  ====================================================
 
 Optional labels, NaN where missing (never zero): ``energy`` (1,) eV, ``forces`` (N, 3) eV/Å,
-``stress`` (1, 6) eV/Å³ Voigt, ``atomic_energies`` (N,) eV.
+``stress`` (1, 6) eV/Å³ Voigt, ``atomic_energies`` (N,) eV. Present only when the labels have them
+(see :meth:`mlip_distill.data.store.LabelStore.labels`): ``features_<layer>`` (N, F), a teacher's
+node features of that layer, and the Hessian-vector products ``hvp_v`` (N, K, 3), unit probe
+vectors, and ``hvp_hv`` (N, K, 3) eV/Å². All of these are per atom, so batching concatenates
+them along atoms.
 
 Edge vectors are recomputed inside the model from ``pos``, ``cell`` and ``cell_shifts`` so that
 forces (−∂E/∂pos) and stress (strain derivative) come from autograd.
@@ -37,6 +41,10 @@ from torch_geometric.data import Data
 from vesin import NeighborList
 
 LABEL_KEYS = ("energy", "forces", "stress", "atomic_energies")
+HVP_KEYS = ("hvp_v", "hvp_hv")
+FEATURES_PREFIX = "features_"
+# torch-geometric offsets a field whose name contains one of these when it batches graphs.
+_OFFSET_NAME_PARTS = ("batch", "index", "face")
 
 
 def neighbour_list(
@@ -79,7 +87,10 @@ def build_graph(
         numbers: (N,) atomic numbers.  positions: (N, 3) Å.  cell: (3, 3) Å.  pbc: (3,) bool.
         cutoff: neighbour cutoff, Å.
         labels: any of ``energy`` (scalar, eV), ``forces`` (N, 3) eV/Å, ``stress`` (6,) eV/Å³,
-            ``atomic_energies`` (N,) eV; missing entries become NaN.
+            ``atomic_energies`` (N,) eV; missing entries become NaN. Optionally ``features``
+            ``{layer: (N, F)}`` and ``hvp_v``, ``hvp_hv`` (N, K, 3), stored as given.
+    Raises:
+        ValueError: a feature layer whose name torch-geometric would mistake for an index.
     """
     dtype = dtype or torch.get_default_dtype()
     numbers = np.asarray(numbers, dtype=np.int64)
@@ -105,6 +116,17 @@ def build_graph(
             data[key] = torch.full(shape, float("nan"), dtype=dtype)
         else:
             data[key] = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype).reshape(shape)
+    for layer, value in labels.get("features", {}).items():
+        if any(part in layer for part in _OFFSET_NAME_PARTS):
+            raise ValueError(
+                f"feature layer '{layer}': torch-geometric would offset a field whose name "
+                f"contains {', '.join(_OFFSET_NAME_PARTS)} when batching; rename the layer"
+            )
+        features = torch.as_tensor(np.asarray(value), dtype=dtype).reshape(n, -1)
+        data[FEATURES_PREFIX + layer] = features
+    for key in HVP_KEYS:
+        if key in labels:
+            data[key] = torch.as_tensor(np.asarray(labels[key]), dtype=dtype).reshape(n, -1, 3)
     return data
 
 

@@ -1,37 +1,51 @@
 """The HDF5 label file: structures and any number of label sources, appended to and read lazily.
 
-Layout, schema_version 1 (S structures, A atoms in all, K elements with an isolated-atom energy):
+Layout, schema_version 1 (S structures, A atoms in all, Z elements with an isolated-atom energy,
+F node features of a layer, K Hessian-vector probes per structure):
 
-=====================================  =========  =======  ======================================
-path                                   shape      dtype    meaning
-=====================================  =========  =======  ======================================
-attribute ``schema_version``           scalar     int      1
-attribute ``units``                    scalar     str      JSON: the unit of every quantity
-attribute ``created_by``               scalar     str      ``mlip-distill <version>``
-``structures/n_atoms``                 (S,)       int64    atoms in each structure
-``structures/offsets``                 (S+1,)     int64    structure s owns atoms
-                                                           ``offsets[s]:offsets[s+1]``
-``structures/numbers``                 (A,)       int64    atomic numbers
-``structures/positions``               (A, 3)     float64  Å
-``structures/cell``                    (S, 3, 3)  float64  lattice vectors as rows, Å
-``structures/pbc``                     (S, 3)     bool     periodic along each lattice vector
-``structures/system_id``               (S,)       int64    conformers of one system share it
-``structures/config_type``             (S,)       utf-8    free text, e.g. ``rattle``
-``structures/source_index``            (S,)       int64    frame in the file it came from, or -1
-``labels/<source>/energy``             (S,)       float64  eV
-``labels/<source>/forces``             (A, 3)     float64  eV/Å
-``labels/<source>/stress``             (S, 6)     float64  eV/Å³, Voigt (xx yy zz yz xz xy)
-``labels/<source>/atomic_energies``    (A,)       float64  eV
-``isolated_atoms/<source>/numbers``    (K,)       int64    elements
-``isolated_atoms/<source>/energy``     (K,)       float64  isolated-atom energy, eV (default E0)
-=====================================  =========  =======  ======================================
+=========================================  =========  =======  ==================================
+path                                       shape      dtype    meaning
+=========================================  =========  =======  ==================================
+attribute ``schema_version``               scalar     int      1
+attribute ``units``                        scalar     str      JSON: the unit of every quantity
+attribute ``created_by``                   scalar     str      ``mlip-distill <version>``
+``structures/n_atoms``                     (S,)       int64    atoms in each structure
+``structures/offsets``                     (S+1,)     int64    structure s owns atoms
+                                                               ``offsets[s]:offsets[s+1]``
+``structures/numbers``                     (A,)       int64    atomic numbers
+``structures/positions``                   (A, 3)     float64  Å
+``structures/cell``                        (S, 3, 3)  float64  lattice vectors as rows, Å
+``structures/pbc``                         (S, 3)     bool     periodic along each lattice vector
+``structures/system_id``                   (S,)       int64    conformers of one system share it
+``structures/config_type``                 (S,)       utf-8    free text, e.g. ``rattle``
+``structures/source_index``                (S,)       int64    frame in the file it came from,
+                                                               or -1
+``labels/<source>/energy``                 (S,)       float64  eV
+``labels/<source>/forces``                 (A, 3)     float64  eV/Å
+``labels/<source>/stress``                 (S, 6)     float64  eV/Å³, Voigt (xx yy zz yz xz xy)
+``labels/<source>/atomic_energies``        (A,)       float64  eV
+``labels/<source>/features/<layer>``       (A, F)     float64  node features of a teacher layer;
+                                                               attribute ``irreps``: their e3nn
+                                                               irreps (dimension F); optional
+``labels/<source>/hvp_v``                  (A, K, 3)  float64  probe vectors v, dimensionless,
+                                                               unit norm over each structure's
+                                                               3N coordinates; optional
+``labels/<source>/hvp_hv``                 (A, K, 3)  float64  Hessian-vector products H·v, eV/Å²,
+                                                               H = ∂²E/∂x∂x (so H·v =
+                                                               −∂(F·v)/∂x); optional, with hvp_v
+``isolated_atoms/<source>/numbers``        (Z,)       int64    elements
+``isolated_atoms/<source>/energy``         (Z,)       float64  isolated-atom energy, eV
+                                                               (default E0)
+=========================================  =========  =======  ==================================
 
 A missing label is NaN, never zero. Every label dataset carries an attribute ``per`` (``structure``
 or ``atom``) that says which axis it grows along, so that appending structures NaN-fills every
-label source, including datasets added later (``features/<layer>``). The ``labels/<source>``
-group's attribute ``provenance`` is a JSON dict (teacher name, spec, package version, settings,
-weights checksum); its scalar entries are also stored as attributes of their own for ``h5dump``.
-All datasets are chunked and resizable (``maxshape`` None).
+label source, including the optional datasets: a source gets ``features/<layer>`` and
+``hvp_v``/``hvp_hv`` when they are first stored, NaN for the structures labelled before; K and
+each layer's irreps are then fixed for that source. The ``labels/<source>`` group's attribute
+``provenance`` is a JSON dict (teacher name, spec, package version, settings, weights checksum);
+its scalar entries are also stored as attributes of their own for ``h5dump``. All datasets are
+chunked (at most about 1 MiB a chunk) and resizable (``maxshape`` None).
 
 Writing is atomic. Mode ``"a"`` works on a copy, ``.<name>.tmp-<pid>`` in the same directory,
 which ``close()`` (or leaving a ``with`` block normally) moves over the original with
@@ -56,10 +70,11 @@ from typing import Mapping, Sequence
 import h5py
 import numpy as np
 from ase import Atoms
+from e3nn.o3 import Irreps
 
 from mlip_distill import __version__
 from mlip_distill.data.errors import DataError
-from mlip_distill.data.graph import LABEL_KEYS
+from mlip_distill.data.graph import HVP_KEYS, LABEL_KEYS
 from mlip_distill.data.io import (
     check_labels,
     labels_from_atoms,
@@ -76,11 +91,15 @@ UNITS = {
     "forces": "eV/Å",
     "stress": "eV/Å³, Voigt xx yy zz yz xz xy, tensile positive",
     "atomic_energies": "eV",
+    "features": "those of the teacher's layer",
+    "hvp_v": "dimensionless, unit norm per structure and probe",
+    "hvp_hv": "eV/Å²",
     "isolated_atoms": "eV",
 }
 ISOLATED_ATOM = "IsolatedAtom"  # config_type that marks an isolated-atom frame (MACE convention)
 
 _CHUNK_ROWS = 4096
+_CHUNK_BYTES = 1 << 20  # h5py's default chunk cache; a bigger chunk is re-read for every slice
 _STRUCTURE_DATASETS = {  # name: (shape after the first axis, dtype, grows per)
     "n_atoms": ((), np.int64, "structure"),
     "numbers": ((), np.int64, "atom"),
@@ -260,23 +279,79 @@ class LabelStore:
             raise DataError(f"{self._name}: no labels from source '{source}' (sources: {known})")
         return self._h5["labels"][source]
 
-    def labels(self, source: str, index: int) -> dict[str, np.ndarray]:
-        """Labels of one structure from ``source``: ``energy`` () eV, ``forces`` (N, 3) eV/Å,
-        ``stress`` (6,) eV/Å³, ``atomic_energies`` (N,) eV; NaN where missing."""
+    def labels(
+        self,
+        source: str,
+        index: int,
+        *,
+        features: Sequence[str] | None = None,
+        hessian: bool = True,
+    ) -> dict:
+        """Labels of one structure from ``source``, NaN where missing.
+
+        Args:
+            features: feature layers to read; None: every layer the source has, ``()``: none.
+            hessian: read the Hessian-vector products, when the source has them.
+        Returns:
+            ``energy`` () eV, ``forces`` (N, 3) eV/Å, ``stress`` (6,) eV/Å³, ``atomic_energies``
+            (N,) eV; ``features`` ``{layer: (N, F)}`` when layers are read; ``hvp_v`` (N, K, 3)
+            (unit probe vectors) and ``hvp_hv`` (N, K, 3) eV/Å² when the source has them and
+            ``hessian`` is true.
+        Raises:
+            DataError: a requested feature layer the source lacks (naming the ones it has).
+        """
         index = self._index(index)
         start, stop = self._offsets[index], self._offsets[index + 1]
         group = f"labels/{source}"
-        return {
+        labels: dict = {
             "energy": np.asarray(self._dataset(f"{group}/energy")[index]),
             "forces": self._dataset(f"{group}/forces")[start:stop],
             "stress": self._dataset(f"{group}/stress")[index],
             "atomic_energies": self._dataset(f"{group}/atomic_energies")[start:stop],
         }
+        layers = self.feature_layers(source) if features is None else features
+        if layers:
+            labels["features"] = {
+                layer: self._feature_dataset(source, layer)[start:stop] for layer in layers
+            }
+        if hessian and self.hvp_probes(source):
+            for key in HVP_KEYS:
+                labels[key] = self._dataset(f"{group}/{key}")[start:stop]
+        return labels
+
+    def feature_layers(self, source: str) -> dict[str, str]:
+        """Layers whose node features ``source`` holds, layer -> e3nn irreps; ``{}`` when none."""
+        group = self._source(source)
+        if "features" not in group:
+            return {}
+        return {layer: str(dataset.attrs["irreps"]) for layer, dataset in group["features"].items()}
+
+    def hvp_probes(self, source: str) -> int:
+        """K, the Hessian-vector probes per structure that ``source`` holds; 0 when none."""
+        group = self._source(source)
+        return int(group["hvp_v"].shape[1]) if "hvp_v" in group else 0
+
+    def _feature_dataset(self, source: str, layer: str) -> h5py.Dataset:
+        path = f"labels/{source}/features/{layer}"
+        if path not in self._datasets and layer not in self.feature_layers(source):
+            known = ", ".join(self.feature_layers(source)) or "none"
+            raise DataError(
+                f"{self._name}: source '{source}' has no node features of layer '{layer}' "
+                f"(layers: {known})"
+            )
+        return self._dataset(path)
 
     def has_label(self, source: str, key: str) -> np.ndarray:
-        """(S,) bool: the structure has a finite value of ``key`` (all atoms, for per-atom keys)."""
-        if key not in LABEL_KEYS:
-            raise ValueError(f"unknown label '{key}' (known: {', '.join(LABEL_KEYS)})")
+        """(S,) bool: the structure has a finite value of ``key`` (all atoms, for per-atom keys).
+
+        ``key`` is one of ``energy``, ``forces``, ``stress``, ``atomic_energies``, ``hvp_v``,
+        ``hvp_hv`` or ``features/<layer>``; a source without the optional ones has them nowhere.
+        """
+        known = (*LABEL_KEYS, *HVP_KEYS)
+        if key not in known and not key.startswith("features/"):
+            raise ValueError(f"unknown label '{key}' (known: {', '.join(known)}, features/<layer>)")
+        if key not in LABEL_KEYS and key not in self._source(source):
+            return np.zeros(len(self), dtype=bool)
         dataset = self._dataset(f"labels/{source}/{key}")
         finite = np.isfinite(dataset[:]).reshape(len(dataset), -1).all(axis=1)
         if dataset.attrs["per"] == "structure" or len(self) == 0:
@@ -372,17 +447,28 @@ class LabelStore:
         self,
         source: str,
         indices: Sequence[int],
-        labels: Sequence[Mapping[str, np.ndarray]],
+        labels: Sequence[Mapping],
         provenance: Mapping | None = None,
+        feature_irreps: Mapping[str, str] | None = None,
+        replace: bool = False,
     ) -> None:
         """Store labels of ``source`` for the structures ``indices``.
 
         Creates ``labels/<source>`` (NaN for every structure) when absent. Each label dict may
-        hold any of the keys of :meth:`labels`; keys it lacks keep their stored values.
-        ``provenance``, when given, replaces the stored one.
+        hold any of the keys of :meth:`labels`: ``energy`` () eV, ``forces`` (N, 3) eV/Å,
+        ``stress`` (6,) eV/Å³, ``atomic_energies`` (N,) eV, ``features`` ``{layer: (N, F)}``,
+        and ``hvp_v`` (N, K, 3) with ``hvp_hv`` (N, K, 3) eV/Å², always together.
 
+        Args:
+            provenance: when given, replaces the stored one.
+            feature_irreps: e3nn irreps of feature layers, layer -> irreps; needed for a layer
+                the source does not hold yet, checked against the stored ones otherwise.
+            replace: labels a dict lacks become NaN (the source forgets what it held for these
+                structures); by default they keep their stored values.
         Raises:
-            DataError: a label with the wrong shape or non-finite values (naming the structure).
+            DataError: a label with the wrong shape or non-finite values, features whose width
+                is not the dimension of their irreps, or a K other than the source's (naming
+                the structure).
         """
         f = self._writable()
         if not source or "/" in source:
@@ -393,22 +479,89 @@ class LabelStore:
         if len(np.unique(indices)) != len(indices):
             raise ValueError("set_labels: an index appears twice")
         n_atoms = np.diff(self._offsets)
-        checked = [
-            check_labels(label, int(n_atoms[i]), f"{self._name}: structure {i}")
-            for i, label in zip(indices, labels)
-        ]
+        checked = []
+        for i, label in zip(indices, labels):
+            where = f"{self._name}: structure {i}"
+            required = {key: value for key, value in label.items() if key in LABEL_KEYS}
+            extras = {key: value for key, value in label.items() if key not in LABEL_KEYS}
+            checked.append(
+                {
+                    **check_labels(required, int(n_atoms[i]), where),
+                    **_check_optional_labels(extras, int(n_atoms[i]), where),
+                }
+            )
         group = f["labels"][source] if source in f["labels"] else self._create_source(source)
+        for i, label in zip(indices, checked):
+            self._prepare_optional_datasets(
+                group, label, feature_irreps or {}, f"{self._name}: structure {i}"
+            )
         order = np.argsort(indices)
-        for key in LABEL_KEYS:
-            rows = [(indices[k], checked[k][key]) for k in order if key in checked[k]]
+        for key, dataset in _label_datasets(group):
+            if replace:
+                rows = [
+                    (indices[k], checked[k].get(key, _missing(dataset, n_atoms[indices[k]])))
+                    for k in order
+                ]
+            else:
+                rows = [(indices[k], checked[k][key]) for k in order if key in checked[k]]
             if rows:
-                _write_rows(group[key], rows, self._offsets)
+                _write_rows(dataset, rows, self._offsets)
         if provenance is not None:
             group.attrs.clear()
             group.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
             for name, value in provenance.items():
                 if isinstance(value, (str, int, float, bool)) and name != "provenance":
                     group.attrs[name] = value
+
+    def _prepare_optional_datasets(
+        self,
+        group: h5py.Group,
+        label: Mapping[str, np.ndarray],
+        feature_irreps: Mapping[str, str],
+        where: str,
+    ) -> None:
+        """Check one structure's features and Hessian-vector products against the source's
+        datasets, creating those the source lacks (NaN for every structure)."""
+        sizes = {"structure": len(self), "atom": int(self._offsets[-1])}
+        for key, value in label.items():
+            if key.startswith("features/"):
+                layer = key.removeprefix("features/")
+                irreps = feature_irreps.get(layer)
+                if key in group:
+                    stored = str(group[key].attrs["irreps"])
+                    if irreps is not None and irreps != stored:
+                        raise DataError(
+                            f"{where}: features of layer '{layer}' have irreps {irreps}, but the "
+                            f"source stores {stored}"
+                        )
+                    irreps = stored
+                elif irreps is None:
+                    raise DataError(f"{where}: no irreps given for the new feature layer '{layer}'")
+                width = _irreps_dimension(irreps, where)
+                if value.shape[1] != width:
+                    raise DataError(
+                        f"{where}: features of layer '{layer}' have {value.shape[1]} columns, "
+                        f"but their irreps {irreps} have dimension {width}"
+                    )
+                if key not in group:
+                    dataset = _create_dataset(
+                        group, key, (sizes["atom"], width), np.float64, "atom",
+                        self.compression, np.nan,
+                    )
+                    dataset.attrs["irreps"] = irreps
+            elif key == "hvp_v":
+                n_probes = value.shape[1]
+                if "hvp_v" not in group:
+                    for name in HVP_KEYS:
+                        _create_dataset(
+                            group, name, (sizes["atom"], n_probes, 3), np.float64, "atom",
+                            self.compression, np.nan,
+                        )
+                elif group["hvp_v"].shape[1] != n_probes:
+                    raise DataError(
+                        f"{where}: {n_probes} Hessian-vector probes, but the source stores "
+                        f"{group['hvp_v'].shape[1]} per structure"
+                    )
 
     def _create_source(self, source: str) -> h5py.Group:
         group = self._h5["labels"].create_group(source)
@@ -482,8 +635,10 @@ def _create_dataset(
     compression: str | None,
     fillvalue: float | None = None,
 ) -> h5py.Dataset:
+    row_bytes = np.dtype(dtype).itemsize * int(np.prod(shape[1:]))
+    chunk_rows = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // row_bytes))
     dataset = group.create_dataset(
-        name, shape=shape, maxshape=(None, *shape[1:]), chunks=(_CHUNK_ROWS, *shape[1:]),
+        name, shape=shape, maxshape=(None, *shape[1:]), chunks=(chunk_rows, *shape[1:]),
         dtype=dtype, compression=compression, fillvalue=fillvalue,
     )
     dataset.attrs["per"] = per
@@ -517,6 +672,85 @@ def _grow_labels(group: h5py.Group, sizes: Mapping[str, int]) -> None:
             _grow_labels(item, sizes)
         else:
             item.resize(sizes[item.attrs["per"]], axis=0)
+
+
+def _label_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    """Every label dataset of a source with its path in the group (``features/<layer>``)."""
+    datasets: list[tuple[str, h5py.Dataset]] = []
+    group.visititems(
+        lambda name, item: datasets.append((name, item)) if isinstance(item, h5py.Dataset) else None
+    )
+    return datasets
+
+
+def _missing(dataset: h5py.Dataset, n_atoms: int) -> np.ndarray:
+    """NaN for one structure's rows of a label dataset."""
+    rows = () if dataset.attrs["per"] == "structure" else (n_atoms,)
+    return np.full((*rows, *dataset.shape[1:]), np.nan)
+
+
+def _irreps_dimension(irreps: str, where: str) -> int:
+    """The dimension of an e3nn irreps string such as ``"8x0e+8x1o"``."""
+    try:
+        return Irreps(irreps).dim
+    except (ValueError, AssertionError) as exc:
+        raise DataError(f"{where}: '{irreps}' is not an e3nn irreps string ({exc})") from exc
+
+
+def _check_optional_labels(
+    labels: Mapping, n_atoms: int, where: str
+) -> dict[str, np.ndarray]:
+    """Features and Hessian-vector products of one structure checked, as float64 arrays keyed by
+    their dataset path (``features/<layer>``, ``hvp_v``, ``hvp_hv``). Entirely NaN is missing.
+
+    Raises:
+        DataError: an unknown key, a wrong shape, a bad layer name, one of ``hvp_v`` and
+            ``hvp_hv`` without the other, or values that are infinite or partly NaN.
+    """
+    unknown = set(labels) - {"features", *HVP_KEYS}
+    if unknown:
+        known = ", ".join((*LABEL_KEYS, "features", *HVP_KEYS))
+        raise DataError(f"{where}: unknown label '{sorted(unknown)[0]}' (known: {known})")
+    checked = {}
+    for layer, value in labels.get("features", {}).items():
+        if not layer or "/" in layer:
+            raise DataError(
+                f"{where}: a feature layer is a non-empty name without '/', not {layer!r}"
+            )
+        value = np.asarray(value, dtype=np.float64)
+        if value.ndim != 2 or len(value) != n_atoms:
+            raise DataError(
+                f"{where}: features of layer '{layer}' have shape {value.shape}, "
+                f"expected ({n_atoms}, F)"
+            )
+        name = f"features of layer '{layer}'"
+        checked[f"features/{layer}"] = _finite_or_missing(value, name, where)
+    present = [key for key in HVP_KEYS if key in labels]
+    if len(present) == 1:
+        raise DataError(
+            f"{where}: {present[0]} without its partner; give hvp_v and hvp_hv together"
+        )
+    for key in present:
+        value = np.asarray(labels[key], dtype=np.float64)
+        if value.ndim != 3 or value.shape[::2] != (n_atoms, 3) or not value.shape[1]:
+            raise DataError(f"{where}: {key} has shape {value.shape}, expected ({n_atoms}, K, 3)")
+        checked[key] = _finite_or_missing(value, key, where)
+    if present and checked["hvp_v"].shape != checked["hvp_hv"].shape:
+        raise DataError(
+            f"{where}: hvp_v has shape {checked['hvp_v'].shape} but hvp_hv "
+            f"{checked['hvp_hv'].shape}"
+        )
+    return checked
+
+
+def _finite_or_missing(value: np.ndarray, name: str, where: str) -> np.ndarray:
+    """``value`` if it is finite or entirely NaN (missing); DataError otherwise."""
+    if np.isinf(value).any():
+        raise DataError(f"{where}: infinite value in {name}")
+    n_nan = int(np.isnan(value).sum())
+    if 0 < n_nan < value.size:
+        raise DataError(f"{where}: {name} partly NaN ({n_nan} of {value.size} values)")
+    return value
 
 
 def _write_rows(
@@ -606,6 +840,9 @@ def export_structures(store_path: str | Path, source: str | None, out_path: str 
                 frame_labels.append({"energy": np.array(energy)})
         for index in range(len(store)):
             frames.append(store.structure(index))
-            frame_labels.append(store.labels(source, index) if source is not None else {})
+            if source is None:
+                frame_labels.append({})
+            else:
+                frame_labels.append(store.labels(source, index, features=(), hessian=False))
     write_structures(out_path, frames, frame_labels)
     return len(frames)

@@ -40,6 +40,9 @@ class ASECalculatorTeacher(Teacher):
         Atomic numbers the calculator supports, or ``None`` for any.
     settings:
         Defaults to the calculator's ``parameters``.
+    hvp_step:
+        Displacement in Å along a unit probe for Hessian-vector products, which come from
+        central finite differences of the calculator's forces (it has no node features).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class ASECalculatorTeacher(Teacher):
         elements: Iterable[int] | None = None,
         version: str = "unknown",
         settings: Mapping[str, Any] | None = None,
+        hvp_step: float = 1e-3,
     ) -> None:
         self.calculator = calculator
         self.name = name
@@ -61,6 +65,9 @@ class ASECalculatorTeacher(Teacher):
         if settings is None:
             settings = getattr(calculator, "parameters", {}) or {}
         self.settings = _json_safe(settings)
+        if not hvp_step > 0:
+            raise ValueError(f"hvp_step must be a positive displacement in Å, not {hvp_step}")
+        self.hvp_step = float(hvp_step)
 
     def label(self, atoms: Atoms) -> dict[str, np.ndarray]:
         """Energy (eV), forces (N, 3) eV/Å, stress (6,) eV/Å³ and atomic energies (N,) eV."""

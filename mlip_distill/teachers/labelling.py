@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
 from mlip_distill.data.store import LabelStore, is_isolated_atom
-from mlip_distill.teachers.base import Teacher, TeacherError
+from mlip_distill.teachers.base import Teacher, TeacherError, probe_vectors
 from mlip_distill.teachers.registry import load_teacher
 
 logger = logging.getLogger(__name__)
@@ -47,12 +47,64 @@ class LabelSummary:
         return len(self.failures)
 
 
+@dataclass(frozen=True)
+class _ExtraLabels:
+    """What :func:`label_file` asks of the teacher beyond energy, forces, stress and per-atom
+    energies: node features of some layers, and Hessian-vector products along random probes."""
+
+    features: tuple[str, ...]
+    hvp_probes: int
+    seed: int
+
+    def provenance(self, teacher: Teacher) -> dict:
+        """The settings to record next to the teacher's provenance; ``{}`` when none asked."""
+        record: dict = {}
+        if self.features:
+            record["features"] = list(self.features)
+        if self.hvp_probes:
+            record["hvp_probes"] = self.hvp_probes
+            record["hvp_seed"] = self.seed
+            record["hvp_method"] = teacher.hvp_method()
+        return record
+
+    def add(self, labels: dict, teacher: Teacher, atoms: Atoms, store_index: int) -> None:
+        """Add ``features`` and ``hvp_v``/``hvp_hv`` of one structure to its ``labels``."""
+        if self.features:
+            labels["features"] = teacher.node_features(atoms, self.features)
+        if self.hvp_probes:
+            probes = probe_vectors(len(atoms), self.hvp_probes, self.seed, store_index)
+            labels["hvp_v"] = probes
+            labels["hvp_hv"] = teacher.hessian_vector_products(atoms, probes)
+
+    def check_store(self, store: LabelStore, source: str, teacher: Teacher) -> None:
+        """Fail before labelling when the source already holds another K or other irreps."""
+        if source not in store.sources():
+            return
+        stored_probes = store.hvp_probes(source)
+        if self.hvp_probes and stored_probes and stored_probes != self.hvp_probes:
+            raise DataError(
+                f"{store.path}: source '{source}' holds {stored_probes} Hessian-vector probes per "
+                f"structure, not {self.hvp_probes}; ask for {stored_probes} or use another source"
+            )
+        stored_layers, irreps = store.feature_layers(source), teacher.feature_irreps()
+        for layer in self.features:
+            if stored_layers.get(layer, irreps[layer]) != irreps[layer]:
+                raise DataError(
+                    f"{store.path}: source '{source}' holds features of layer '{layer}' with "
+                    f"irreps {stored_layers[layer]}, the teacher gives {irreps[layer]}; "
+                    "use another source"
+                )
+
+
 def label_file(
     input_path: str | Path,
     teacher: str | Teacher,
     out_path: str | Path,
     source: str = "teacher",
     progress: bool = True,
+    features: Sequence[str] = (),
+    hvp_probes: int = 0,
+    seed: int = 0,
 ) -> LabelSummary:
     """Label the structures of ``input_path`` with ``teacher`` into the store ``out_path``.
 
@@ -71,18 +123,36 @@ def label_file(
     A structure on which the teacher raises, or returns non-finite energy or forces, is
     skipped and reported in the summary. Labels go under ``labels/<source>`` with the
     teacher's provenance; isolated-atom energies under ``isolated_atoms`` for that source.
-    The store is written atomically: on any error ``out_path`` is left as it was.
+    A labelled structure's new labels replace all the source held for it (features and
+    Hessian-vector products included). The store is written atomically: on any error
+    ``out_path`` is left as it was.
 
-    Raises :class:`TeacherError` for an unknown spec or an unsupported element and
-    :class:`~mlip_distill.data.errors.DataError` for an unreadable or invalid input.
+    Args:
+        features: layers whose node features the teacher also gives (``features/<layer>``
+            with its irreps; see :meth:`Teacher.feature_irreps`).
+        hvp_probes: K; when positive, also the Hessian-vector products along K random unit
+            probes per structure (``hvp_v``, ``hvp_hv`` (N, K, 3) eV/Å²), drawn by
+            :func:`~mlip_distill.teachers.base.probe_vectors` from ``seed`` and the structure's
+            index in the store. The source's provenance records ``features``, ``hvp_probes``,
+            ``hvp_seed`` and ``hvp_method``.
+
+    Raises :class:`TeacherError` for an unknown spec, an unsupported element or a feature layer
+    the teacher lacks, and :class:`~mlip_distill.data.errors.DataError` for an unreadable or
+    invalid input or a source that holds another K or other irreps.
     """
     start = time.perf_counter()
+    if hvp_probes < 0:
+        raise ValueError(f"hvp_probes must be 0 or more, not {hvp_probes}")
     teacher = load_teacher(teacher) if isinstance(teacher, str) else teacher
+    teacher.check_features(features)
+    extras = _ExtraLabels(tuple(features), int(hvp_probes), int(seed))
     input_path, out_path = Path(input_path), Path(out_path)
     if input_path.suffix.lower() in LABEL_STORE_SUFFIXES:
-        n_labelled, failures = _label_store(input_path, teacher, out_path, source, progress)
+        n_labelled, failures = _label_store(input_path, teacher, out_path, source, extras, progress)
     else:
-        n_labelled, failures = _label_ase_file(input_path, teacher, out_path, source, progress)
+        n_labelled, failures = _label_ase_file(
+            input_path, teacher, out_path, source, extras, progress
+        )
     return LabelSummary(
         n_labelled=n_labelled,
         failures=failures,
@@ -92,7 +162,12 @@ def label_file(
 
 
 def _label_ase_file(
-    input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
+    input_path: Path,
+    teacher: Teacher,
+    out_path: Path,
+    source: str,
+    extras: _ExtraLabels,
+    progress: bool,
 ) -> tuple[int, list[tuple[int, str]]]:
     frames = read_structures(input_path)
     numbers = _elements_present(atoms.numbers for atoms in frames)
@@ -132,12 +207,18 @@ def _label_ase_file(
             source,
             zip(frame_indices, store_indices.tolist(), structures, strict=True),
             len(structures),
+            extras,
             progress,
         )
 
 
 def _label_store(
-    input_path: Path, teacher: Teacher, out_path: Path, source: str, progress: bool
+    input_path: Path,
+    teacher: Teacher,
+    out_path: Path,
+    source: str,
+    extras: _ExtraLabels,
+    progress: bool,
 ) -> tuple[int, list[tuple[int, str]]]:
     with LabelStore(input_path, "r") as store:
         numbers = _elements_present(store.arrays(i)["numbers"] for i in range(len(store)))
@@ -158,7 +239,9 @@ def _label_store(
             store.set_isolated_atoms(source, isolated_atoms)
             n_structures = len(store)
             structures = ((i, i, store.structure(i)) for i in range(n_structures))
-            return _label_into_store(store, teacher, source, structures, n_structures, progress)
+            return _label_into_store(
+                store, teacher, source, structures, n_structures, extras, progress
+            )
     except BaseException:
         if not in_place:
             out_path.unlink(missing_ok=True)
@@ -171,10 +254,13 @@ def _label_into_store(
     source: str,
     structures: Iterable[tuple[int, int, Atoms]],
     n_structures: int,
+    extras: _ExtraLabels,
     progress: bool,
 ) -> tuple[int, list[tuple[int, str]]]:
     """Label ``(input index, store index, atoms)`` triples; returns (labelled, failures)."""
-    provenance = teacher.provenance()
+    extras.check_store(store, source, teacher)
+    provenance = {**teacher.provenance(), **extras.provenance(teacher)}
+    feature_irreps = {layer: teacher.feature_irreps()[layer] for layer in extras.features}
     failures: list[tuple[int, str]] = []
     pending_indices: list[int] = []
     pending_labels: list[dict[str, np.ndarray]] = []
@@ -182,7 +268,14 @@ def _label_into_store(
 
     def write_pending() -> None:
         if pending_indices:
-            store.set_labels(source, np.asarray(pending_indices), pending_labels, provenance)
+            store.set_labels(
+                source,
+                np.asarray(pending_indices),
+                pending_labels,
+                provenance,
+                feature_irreps=feature_irreps,
+                replace=True,
+            )
             pending_indices.clear()
             pending_labels.clear()
 
@@ -196,13 +289,14 @@ def _label_into_store(
     for input_index, store_index, atoms in bar:
         try:
             labels = teacher.label(atoms)
+            extras.add(labels, teacher, atoms, store_index)
             _check_labels(labels, len(atoms))
         except Exception as exc:  # a teacher may fail in any way on one odd structure
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             failures.append((input_index, reason))
             logger.warning("structure %d not labelled by %s: %s", input_index, teacher.name, reason)
-            # NaN overwrites what an earlier run may have stored under this source in place.
-            labels = _missing_labels(len(atoms))
+            # No labels: NaN replaces what an earlier run may have stored under this source.
+            labels = {}
         else:
             n_labelled += 1
         pending_indices.append(store_index)
@@ -231,15 +325,6 @@ def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, fl
         ) from exc
 
 
-def _missing_labels(n_atoms: int) -> dict[str, np.ndarray]:
-    return {
-        "energy": np.array(np.nan),
-        "forces": np.full((n_atoms, 3), np.nan),
-        "stress": np.full(6, np.nan),
-        "atomic_energies": np.full(n_atoms, np.nan),
-    }
-
-
 def _has_any_value(labels: dict[str, np.ndarray]) -> bool:
     return any(np.isfinite(value).any() for value in labels.values())
 
@@ -254,3 +339,8 @@ def _check_labels(labels: dict[str, np.ndarray], n_atoms: int) -> None:
         raise TeacherError(f"forces have shape {forces.shape}, expected ({n_atoms}, 3)")
     if not np.isfinite(forces).all():
         raise TeacherError("non-finite forces")
+    for layer, values in labels.get("features", {}).items():
+        if not np.isfinite(values).all():
+            raise TeacherError(f"non-finite node features of layer '{layer}'")
+    if "hvp_hv" in labels and not np.isfinite(labels["hvp_hv"]).all():
+        raise TeacherError("non-finite Hessian-vector products")

@@ -5,6 +5,11 @@ Grammar
 ``emt``
     ASE's effective-medium theory: Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O. Fast and crude;
     for tests, demos and trying the pipeline.
+``potential:PATH``
+    A potential package trained by mlip-distill (a folder, see :mod:`mlip_distill.package`),
+    e.g. a large student teaching a smaller one; it also gives node features and exact
+    Hessian-vector products (:class:`~mlip_distill.teachers.potential.PotentialTeacher`).
+    Checked before the class form, so a module named ``potential`` cannot be used there.
 ``package.module:Class`` or ``package.module:Class(key=value, ...)``
     Any importable class: an ASE calculator (wrapped in
     :class:`~mlip_distill.teachers.ase_calculator.ASECalculatorTeacher`) or a
@@ -30,6 +35,9 @@ from ase.data import atomic_numbers
 
 from mlip_distill.teachers.ase_calculator import ASECalculatorTeacher
 from mlip_distill.teachers.base import Teacher, TeacherError
+from mlip_distill.teachers.potential import PotentialTeacher
+
+POTENTIAL_PREFIX = "potential:"
 
 _CLASS_SPEC = re.compile(
     r"(?P<module>[A-Za-z_][\w.]*):(?P<cls>[A-Za-z_]\w*)(?:\((?P<kwargs>.*)\))?", re.DOTALL
@@ -48,6 +56,13 @@ def load_teacher(spec: str) -> Teacher:
             elements=[atomic_numbers[symbol] for symbol in emt_parameters],
             version=f"ase {ase.__version__}",
         )
+    if spec.startswith(POTENTIAL_PREFIX):
+        path = spec.removeprefix(POTENTIAL_PREFIX).strip()
+        if not path:
+            raise TeacherError(
+                f"teacher spec '{spec}': expected potential:PATH to a package folder"
+            )
+        return PotentialTeacher(path)
     match = _CLASS_SPEC.fullmatch(spec)
     if match is None:
         raise TeacherError(
