@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 from torch_geometric.loader import DataLoader
 
 from ..data.dataset import GraphDataset, split_indices
+from ..data.sampler import SystemBatchSampler
 from ..data.stats import DatasetStatistics, compute_statistics
 from ..data.store import LabelStore
 
@@ -25,6 +26,10 @@ class LabelFileDataModule(pl.LightningDataModule):
         cutoff: neighbour cutoff in Å (the student's).
         n_valid / valid_fraction: size of the held-out split (``n_valid`` wins when set).
         require: labels a structure must have to be used.
+        features / hessian: teacher feature layers and Hessian-vector products to load.
+        conformers_per_system: when set, training batches hold this many structures of one
+            system at a time (:class:`~mlip_distill.data.sampler.SystemBatchSampler`), for
+            losses that compare conformers.
     """
 
     def __init__(
@@ -41,6 +46,9 @@ class LabelFileDataModule(pl.LightningDataModule):
         require: tuple[str, ...] = ("energy", "forces"),
         cache: bool = True,
         dtype: torch.dtype = torch.float32,
+        features: tuple[str, ...] = (),
+        hessian: bool = False,
+        conformers_per_system: int = 0,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -49,7 +57,13 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.valid_batch_size = valid_batch_size or batch_size
         self.num_workers = num_workers
-        dataset = GraphDataset(self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype)
+        self.conformers_per_system = conformers_per_system
+        self.seed = seed
+        dataset = GraphDataset(
+            self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype,
+            features=tuple(features), hessian=hessian,
+        )
+        self.dataset = dataset
         if n_valid is not None:
             train, valid = split_indices(len(dataset), n_valid=n_valid, seed=seed)
         else:
@@ -65,11 +79,18 @@ class LabelFileDataModule(pl.LightningDataModule):
         """
         return compute_statistics(self.path, self.source, self.cutoff, self.train_store_indices, e0_from)
 
-    def stress_rms(self) -> float | None:
-        """RMS of the training split's stress components in eV/Å³, or None without stress."""
+    def label_rms(self, key: str) -> float | None:
+        """RMS over the training split of a label's finite entries, or None without any.
+
+        ``key``: ``stress`` (eV/Å³), ``hvp_hv`` (eV/Å²) or ``features/<layer>``.
+        """
+        layer = key.removeprefix("features/") if key.startswith("features/") else None
+        values = []
         with LabelStore(self.path) as store:
-            values = [store.labels(self.source, i)["stress"] for i in self.train_store_indices]
-        values = np.asarray(values)
+            for index in self.train_store_indices:
+                labels = store.labels(self.source, index, features=(layer,) if layer else (), hessian=key == "hvp_hv")
+                values.append(np.ravel(labels["features"][layer] if layer else labels[key]))
+        values = np.concatenate(values)
         values = values[np.isfinite(values)]
         return float(np.sqrt(np.mean(values**2))) if values.size else None
 
@@ -83,7 +104,14 @@ class LabelFileDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if not self.conformers_per_system:
+            return self._loader(self.train_set, self.batch_size, shuffle=True)
+        system_ids = [self.dataset.store.arrays(i)["system_id"] for i in self.train_store_indices]
+        sampler = SystemBatchSampler(system_ids, self.batch_size, self.conformers_per_system, seed=self.seed)
+        return DataLoader(
+            self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.valid_set, self.valid_batch_size, shuffle=False)

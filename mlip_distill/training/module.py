@@ -41,7 +41,17 @@ class StudentModule(pl.LightningModule):
         self.val_metrics = ErrorMetrics()
 
     def _predict(self, batch):
-        return self.model(batch, compute_forces=True, compute_stress=self.loss.needs_stress)
+        # Hessian-vector products differentiate the forces again by the positions, in
+        # validation too, so the force graph must be kept whenever a term needs it.
+        second_derivatives = self.loss.requires_position_grad
+        if second_derivatives:
+            batch.pos.requires_grad_(True)
+        return self.model(
+            batch,
+            compute_forces=True,
+            compute_stress=self.loss.needs_stress,
+            create_graph=self.training or second_derivatives,
+        )
 
     def training_step(self, batch, batch_idx: int):
         prediction = self._predict(batch)
@@ -55,7 +65,7 @@ class StudentModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         with torch.enable_grad():
             prediction = self._predict(batch)
-        total, _ = self.loss(prediction, batch)
+            total, _ = self.loss(prediction, batch)
         self.log("val_loss", total.detach(), batch_size=batch.num_graphs, prog_bar=True)
         self.val_metrics.update(prediction, batch)
 
@@ -79,7 +89,9 @@ class StudentModule(pl.LightningModule):
         optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
         if name not in optimizers:
             raise ValueError(f"optimizer.name '{name}': expected one of {sorted(optimizers)}")
-        optimizer = optimizers[name](self.model.parameters(), **options)
+        # the loss's own parameters (feature projection heads) train with the student
+        parameters = list(self.model.parameters()) + list(self.loss.parameters())
+        optimizer = optimizers[name](parameters, **options)
         return {"optimizer": optimizer, **build_scheduler(optimizer, self.scheduler_options)}
 
 

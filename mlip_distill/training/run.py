@@ -90,19 +90,40 @@ class TrainResult:
     valid_indices: list[int]
 
 
-def _scales(stats, datamodule: LabelFileDataModule) -> dict[str, float]:
+def _active_terms(config: DictConfig) -> dict[str, dict[str, Any]]:
+    """The loss config's terms with a non-zero weight."""
+    spec = OmegaConf.to_container(config.loss, resolve=True)
+    return {name: dict(options) for name, options in spec.items() if float(options.get("weight", 1.0)) != 0}
+
+
+def _complete_loss_spec(terms: dict[str, dict[str, Any]], datamodule: LabelFileDataModule) -> dict[str, dict]:
+    """Fill in what the label file knows: the teacher's E0 for per-atom energies and the irreps
+    of the teacher's feature layer."""
+    with LabelStore(datamodule.path) as store:
+        if "atomic_energies" in terms and terms["atomic_energies"].get("teacher_e0") is None:
+            terms["atomic_energies"]["teacher_e0"] = store.isolated_atoms(datamodule.source) or None
+        if "features" in terms and terms["features"].get("teacher_irreps") is None:
+            layers = store.feature_layers(datamodule.source)
+            terms["features"]["teacher_irreps"] = layers.get(terms["features"]["teacher_layer"])
+    return terms
+
+
+def _scales(stats, datamodule: LabelFileDataModule, terms: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Each loss term's unit of error from the training split's statistics.
 
     The energy unit is the spread (standard deviation) of the per-atom energy after E0, not its
     RMS: the RMS is dominated by the cohesive energy, which a constant learns, and would make
     the energy term almost weightless.
     """
-    energy_spread = max(stats.energy_rms_per_atom**2 - stats.energy_mean_per_atom**2, 0.0) ** 0.5
-    return {
-        "energy": max(energy_spread, 1e-3),
-        "forces": max(stats.force_rms, 1e-3),
-        "stress": max(datamodule.stress_rms() or 1e-3, 1e-4),
-    }
+    energy_spread = max(max(stats.energy_rms_per_atom**2 - stats.energy_mean_per_atom**2, 0.0) ** 0.5, 1e-3)
+    scales = {"energy": energy_spread, "atomic_energies": energy_spread, "forces": max(stats.force_rms, 1e-3)}
+    if "stress" in terms:
+        scales["stress"] = max(datamodule.label_rms("stress") or 1e-3, 1e-4)
+    if "hessian" in terms:
+        scales["hessian"] = datamodule.label_rms("hvp_hv") or 1.0
+    if "features" in terms:
+        scales["features"] = datamodule.label_rms(f"features/{terms['features']['teacher_layer']}") or 1.0
+    return scales
 
 
 def train(config: DictConfig) -> TrainResult:
@@ -127,8 +148,13 @@ def train(config: DictConfig) -> TrainResult:
     if float64:
         trainer_options["precision"] = "64-true"
     data_options = OmegaConf.to_container(config.data, resolve=True)
+    terms = _active_terms(config)
     datamodule = LabelFileDataModule(
-        cutoff=config.model.cutoff, dtype=torch.float64 if float64 else torch.float32, **data_options
+        cutoff=config.model.cutoff,
+        dtype=torch.float64 if float64 else torch.float32,
+        features=(terms["features"]["teacher_layer"],) if "features" in terms else (),
+        hessian="hessian" in terms,
+        **data_options,
     )
     stats = datamodule.statistics(config.e0_from)
     model_options = OmegaConf.to_container(config.model, resolve=True)
@@ -141,7 +167,8 @@ def train(config: DictConfig) -> TrainResult:
         avg_num_neighbors=stats.mean_neighbours,
         **model_options,
     )
-    loss = build_loss(OmegaConf.to_container(config.loss, resolve=True), _scales(stats, datamodule))
+    terms = _complete_loss_spec(terms, datamodule)
+    loss = build_loss(terms, _scales(stats, datamodule, terms), model=model)
     module = StudentModule(model, loss, config.optimizer, config.scheduler)
 
     callbacks: list[pl.Callback] = [LearningRateMonitor(logging_interval="step")]
