@@ -203,7 +203,7 @@ def _count(text: str) -> int:
 
 
 def _config_group_list() -> str:
-    from .training.run import config_groups
+    from .configs import config_groups
 
     lines = ["config groups (choose with group=option, e.g. model=painn):"]
     lines += [f"  {group:<10} {', '.join(options)}" for group, options in config_groups().items()]

@@ -11,15 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .calculator import StudentCalculator
-from .evaluate import evaluate_store
-from .md.langevin import run_langevin
-from .package import load_potential
-from .sampling.perturb import sample_file
-from .sampling.seeds import seed_structures
-from .teachers import load_teacher
-from .teachers.labelling import label_file
-from .training.run import compose_config, new_run_dir, train
 
 
 @dataclass
@@ -47,6 +38,17 @@ def _log(message: str) -> None:
 
 def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
     """Run the whole pipeline; returns (and writes as ``summary.json``) its figures."""
+    # imported here, not at the top, so that `mlip-distill --help` does not load torch
+    from .calculator import StudentCalculator
+    from .evaluate import evaluate_store
+    from .md.langevin import run_langevin
+    from .package import load_potential
+    from .sampling.perturb import sample_file
+    from .sampling.seeds import seed_structures
+    from .teachers import load_teacher
+    from .teachers.labelling import label_file
+    from .training.run import compose_config, new_run_dir, train
+
     start = time.perf_counter()
     run_dir = new_run_dir(settings.experiment, root)
     run_dir.mkdir(parents=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from importlib import resources
 import secrets
 import time
 import warnings
@@ -57,16 +56,6 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
-
-
-def config_groups() -> dict[str, list[str]]:
-    """The packaged config groups and their options, e.g. ``{"model": ["nequip", "painn"], ...}``."""
-    root = resources.files(CONFIG_MODULE)
-    return {
-        group.name: sorted(item.name.removesuffix(".yaml") for item in group.iterdir() if item.name.endswith(".yaml"))
-        for group in sorted(root.iterdir(), key=lambda item: item.name)
-        if group.is_dir() and not group.name.startswith("__")
-    }
 
 
 def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
