@@ -17,27 +17,51 @@ DEMO = "the README's demo (EMT copper)"
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from .sampling.perturb import sample_file
+    from collections import Counter
+    from dataclasses import fields
 
-    count = sample_file(
-        args.seeds, args.out, args.n, rattle_sigma=tuple(args.rattle), max_strain=args.strain, seed=args.seed
-    )
-    print(f"wrote {count} structures to {args.out}")
+    from .sampling.plan import SamplingPlan, sample_plan_file
+
+    plan = {field.name: getattr(args, field.name) for field in fields(SamplingPlan)}
+    structures = sample_plan_file(args.seeds, args.out, plan, teacher=args.teacher, seed=args.seed)
+    counts = Counter(atoms.info["config_type"] for atoms in structures)
+    print(f"wrote {len(structures)} structures to {args.out} "
+          f"({', '.join(f'{count} {kind}' for kind, count in counts.items())})")
+
+
+def _sampling_defaults() -> tuple[dict, int]:
+    """The sampling plan's defaults by field (each the dest of a `sample` option), and the
+    rattle-strain count used when no generator is chosen."""
+    from dataclasses import fields
+
+    from .sampling.plan import DEFAULT_RATTLE_STRAIN, SamplingPlan
+
+    return {field.name: field.default for field in fields(SamplingPlan)}, DEFAULT_RATTLE_STRAIN
 
 
 def _label(args: argparse.Namespace) -> None:
+    from .data.store import Shard
     from .teachers.labelling import label_file
 
     summary = label_file(
         args.input, args.teacher, args.out, source=args.source, features=args.features,
-        hvp_probes=args.hvp_probes, seed=args.seed,
+        hvp_probes=args.hvp_probes, seed=args.seed, chunk_size=args.chunk_size, workers=args.workers,
+        shard=None if args.shard is None else Shard.parse(args.shard),
     )
+    resumed = f", {summary.n_resumed} by an interrupted run" if summary.n_resumed else ""
     print(
-        f"labelled {summary.n_labelled} structures ({summary.n_failed} failed) in {summary.seconds:.1f} s "
-        f"-> {summary.out_path}"
+        f"labelled {summary.n_labelled} structures ({summary.n_failed} failed{resumed}) in "
+        f"{summary.seconds:.1f} s -> {summary.out_path}"
     )
     for index, reason in summary.failures:
         print(f"  structure {index}: {reason}")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from .data.store import merge_shards
+
+    count = merge_shards(args.shards, args.out)
+    print(f"merged {len(args.shards)} shards, {count} structures -> {args.out}")
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -94,8 +118,12 @@ def _distill(args: argparse.Namespace) -> None:
         n_structures=args.n_structures,
         n_valid=args.n_valid,
         md_steps=args.md_steps,
+        temperature=args.temperature,
         experiment=args.experiment,
         train_overrides=args.overrides,
+        rounds=args.rounds,
+        committee_size=args.committee,
+        on_policy_frames=args.on_policy_frames,
     )
     summary = distill(settings, root=args.root)
     errors, md = summary["errors_vs_teacher"], summary["md"]
@@ -105,6 +133,9 @@ def _distill(args: argparse.Namespace) -> None:
     print(f"MD ({md['n_atoms']} atoms, Langevin {args.temperature:.0f} K, {md['threads']} threads): "
           f"student {md['student_steps_per_s']:.1f} steps/s over {md['student_steps']} steps, "
           f"teacher {md['teacher_steps_per_s']:.1f} steps/s")
+    for entry in summary["rounds"]:
+        print(f"on-policy round {entry['round']}: {entry['frames_added']} frames added, forces RMSE "
+              f"{entry['errors_vs_teacher']['forces_rmse_mev_per_A']:.1f} meV/Å on held-out structures")
     print(f"total {summary['total_seconds']:.0f} s; potential written to {summary['potential']}")
 
 
@@ -114,14 +145,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sample = commands.add_parser("sample", help="rattled and strained copies of seed structures")
+    sample = commands.add_parser(
+        "sample", help="new structures from seeds: rattle-strain, vacancies, teacher relaxations and MD",
+        description="Sample structures for a teacher to label. Every structure carries info['config_type'] "
+                    "(rattle-strain, vacancy, relax, md-<T>K) and the index of its seed as "
+                    "info['system_id'] and info['source_index']. Structures with atoms closer than "
+                    "--min-distance are rejected, and their number is reported.",
+    )
+    plan, default_rattle_strain = _sampling_defaults()
     sample.add_argument("seeds", help="an ASE-readable file, or a crystal such as bulk:Cu:fcc:a=3.61:cubic:2x2x2")
     sample.add_argument("--out", required=True, help="output file (extxyz)")
-    sample.add_argument("-n", type=int, default=100, help="number of structures (default 100)")
-    sample.add_argument("--rattle", type=float, nargs=2, default=(0.05, 0.15), metavar=("MIN", "MAX"),
-                        help="range of the Gaussian displacement width, Å (default 0.05 0.15)")
-    sample.add_argument("--strain", type=float, default=0.01, help="largest strain component (default 0.01)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--teacher", default=None,
+                        help="teacher spec that drives --relax and --md-temperatures: emt, potential:PATH, "
+                             "or package.module:Class(key=value)")
+    sample.add_argument("--supercell", default=plan["supercell"], metavar="N1xN2xN3",
+                        help="repeat every seed along its lattice vectors before sampling, e.g. 2x2x2 "
+                             "(default: as given)")
+    sample.add_argument("--min-distance", type=float, default=plan["min_distance"], metavar="Å",
+                        help="reject structures with two atoms closer than this, Å "
+                             f"(default {plan['min_distance']})")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    perturb = sample.add_argument_group("rattle and strain")
+    perturb.add_argument("-n", "--rattle-strain", type=int, default=plan["rattle_strain"], metavar="N",
+                         help="strained and rattled copies of the seeds, taken in turn "
+                              f"(default {default_rattle_strain} when no other generator is chosen, else 0)")
+    perturb.add_argument("--rattle", type=float, nargs=2, default=plan["rattle"], metavar=("MIN", "MAX"),
+                         help="range of the Gaussian displacement width, Å; also rattles vacancy structures "
+                              "and relaxation starts (default {} {})".format(*plan["rattle"]))
+    perturb.add_argument("--strain", type=float, default=plan["strain"],
+                         help="largest strain component, dimensionless, shear included (default %(default)s)")
+
+    vacancy = sample.add_argument_group("vacancies")
+    vacancy.add_argument("--vacancies", type=int, default=plan["vacancies"], metavar="N",
+                         help="structures with random atoms removed, then rattled (default 0)")
+    vacancy.add_argument("--max-vacancies", type=float, default=plan["max_vacancies"], metavar="K",
+                         help="atoms removed per structure, drawn from 1..K: a count (K >= 1, e.g. 2) or a "
+                              "fraction of the atoms (0 < K < 1, e.g. 0.05, rounded down, at least 1) "
+                              "(default %(default)s)")
+
+    relax = sample.add_argument_group("rattle-relax-repeat (needs --teacher)")
+    relax.add_argument("--relax", type=int, default=plan["relax"], metavar="N",
+                       help="frames of partial relaxations of rattled parents; parents are the seeds and "
+                            "earlier relaxed ends, chosen with Boltzmann weights of their energy per atom "
+                            "(default 0)")
+    relax.add_argument("--relax-steps", type=int, default=plan["relax_steps"], metavar="S",
+                       help="optimiser steps per relaxation, each a frame (default %(default)s)")
+    relax.add_argument("--relax-fmax", type=float, default=plan["relax_fmax"], metavar="eV/Å",
+                       help="stop a relaxation once every force is below this, eV/Å (default %(default)s)")
+    relax.add_argument("--relax-temperature", type=float, default=plan["relax_temperature"], metavar="K",
+                       help="temperature of the Boltzmann choice of parents, K (default %(default)s)")
+    relax.add_argument("--relax-optimizer", default=plan["relax_optimizer"], metavar="NAME",
+                       help="ASE optimiser, FIRE or BFGS (default %(default)s)")
+
+    md = sample.add_argument_group("teacher MD (needs --teacher)")
+    md.add_argument("--md-temperatures", type=float, nargs="+", default=plan["md_temperatures"], metavar="K",
+                    help="run Langevin MD at each temperature, K, e.g. 300 1000 (default: no MD)")
+    md.add_argument("--md-frames", type=int, default=plan["md_frames"], metavar="N",
+                    help="frames kept per temperature, shared among the seeds (default %(default)s)")
+    md.add_argument("--md-interval", type=int, default=plan["md_interval"], metavar="STEPS",
+                    help="MD steps between kept frames (default %(default)s)")
+    md.add_argument("--md-equilibration", type=int, default=plan["md_equilibration"], metavar="STEPS",
+                    help="MD steps before the first kept frame (default %(default)s)")
+    md.add_argument("--md-timestep", type=float, default=plan["md_timestep"], metavar="FS",
+                    help="MD time step, fs (default %(default)s)")
     sample.set_defaults(run=_sample)
 
     label = commands.add_parser("label", help="label structures with a teacher into an HDF5 label file")
@@ -138,7 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also store Hessian-vector products along K random unit probes per "
                             "structure (default 0: none)")
     label.add_argument("--seed", type=int, default=0, help="seed of the random probes (default 0)")
+    label.add_argument("--chunk-size", type=_positive, default=64, metavar="N",
+                       help="structures per chunk (default 64); finished chunks are kept in OUT.parts/, "
+                            "so that rerunning a killed command labels only what is missing")
+    label.add_argument("--workers", type=_positive, default=1, metavar="N",
+                       help="label in N processes (ASE-calculator teachers; torch teachers such as "
+                            "potential:PATH run in one; default 1)")
+    label.add_argument("--shard", default=None, metavar="I/N",
+                       help="label only the structures k of the input with k %% N == I into a new OUT; "
+                            "join the N shard files with `mlip-distill merge`")
     label.set_defaults(run=_label)
+
+    merge = commands.add_parser("merge", help="join the label files of the shards of one input (label --shard)")
+    merge.add_argument("out", help="label file to write (must not exist)")
+    merge.add_argument("shards", nargs="+", help="the label files of every shard, in any order")
+    merge.set_defaults(run=_merge)
 
     stats = commands.add_parser("stats", help="statistics of a label file or ASE file")
     stats.add_argument("file", help="label file (.h5) or any ASE-readable file")
@@ -188,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--temperature", type=float, default=defaults.temperature, help="MD temperature, K")
     distill.add_argument("--experiment", default=defaults.experiment,
                          help=f"training experiment config (default {defaults.experiment})")
+    distill.add_argument("--rounds", type=int, default=defaults.rounds,
+                         help="on-policy rounds after the first training: student MD, the frames a committee "
+                              f"of students disagrees on most labelled by the teacher, retraining (default {defaults.rounds})")
+    distill.add_argument("--committee", type=int, default=defaults.committee_size, metavar="K",
+                         help="students per committee, differing only by seed, when --rounds > 0 "
+                              f"(default {defaults.committee_size})")
+    distill.add_argument("--on-policy-frames", type=int, default=defaults.on_policy_frames, metavar="M",
+                         help=f"frames added per on-policy round (default {defaults.on_policy_frames})")
     distill.add_argument("--root", default="runs", help="where run folders go (default runs/)")
     distill.add_argument("overrides", nargs="*", help="training overrides, e.g. model=painn")
     distill.set_defaults(run=_distill)
@@ -199,6 +308,14 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
 
 

@@ -33,6 +33,8 @@ _CALCULATOR_KEYS = {
     "stress": "stress",
     "atomic_energies": "energies",
 }
+# The neighbour search radius, Å, of validate_structure's closest-pair check.
+_SEARCH_CUTOFF = 1.5
 _INFO_KEYS = {
     "energy": ("energy", "REF_energy"),
     "stress": ("stress", "REF_stress"),
@@ -160,16 +162,20 @@ def validate_structure(
         raise DataError(f"{where}: the cell is not finite")
     check_labels(labels, len(atoms), where)
     try:
+        # vesin's cells are as wide as the cutoff: a cutoff of 0.1 Å would make millions of
+        # them (20 ms for 8 atoms), so search wider and keep the pairs closer than min_distance.
         centres, neighbours, shifts = neighbour_list(
-            atoms.positions, atoms.cell.array, atoms.pbc, min_distance
+            atoms.positions, atoms.cell.array, atoms.pbc, max(min_distance, _SEARCH_CUTOFF)
         )
     except ValueError as exc:
         raise DataError(f"{where}: {exc}") from exc
-    if len(centres):
-        i, j = centres[0], neighbours[0]
-        distance = np.linalg.norm(
-            atoms.positions[j] - atoms.positions[i] + shifts[0] @ atoms.cell.array
-        )
+    distances = np.linalg.norm(
+        atoms.positions[neighbours] - atoms.positions[centres] + shifts @ atoms.cell.array, axis=1
+    )
+    too_close = np.flatnonzero(distances < min_distance)
+    if len(too_close):
+        i, j = centres[too_close[0]], neighbours[too_close[0]]
+        distance = distances[too_close[0]]
         raise DataError(
             f"{where}: atoms {min(i, j)} and {max(i, j)} are {distance:.3g} Å apart "
             f"(closer than {min_distance} Å)"

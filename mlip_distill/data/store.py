@@ -9,6 +9,10 @@ path                                       shape      dtype    meaning
 attribute ``schema_version``               scalar     int      1
 attribute ``units``                        scalar     str      JSON: the unit of every quantity
 attribute ``created_by``                   scalar     str      ``mlip-distill <version>``
+attribute ``shard``                        scalar     str      JSON, only in a shard: which part
+                                                               of which input (:class:`Shard`)
+attribute ``labelling_run``                scalar     str      id of the last labelling run
+                                                               committed into the file; optional
 ``structures/n_atoms``                     (S,)       int64    atoms in each structure
 ``structures/offsets``                     (S+1,)     int64    structure s owns atoms
                                                                ``offsets[s]:offsets[s+1]``
@@ -47,11 +51,15 @@ each layer's irreps are then fixed for that source. The ``labels/<source>`` grou
 its scalar entries are also stored as attributes of their own for ``h5dump``. All datasets are
 chunked (at most about 1 MiB a chunk) and resizable (``maxshape`` None).
 
-Writing is atomic. Mode ``"a"`` works on a copy, ``.<name>.tmp-<pid>`` in the same directory,
-which ``close()`` (or leaving a ``with`` block normally) moves over the original with
-``os.replace``; an exception inside the ``with`` block deletes the copy and leaves the original as
-it was. A killed process leaves the original intact (and a stale temporary file). Opening in mode
-``"a"`` copies the whole file, and two writers at once lose one's changes: write from one process.
+Writing is atomic. Mode ``"a"`` works on a copy, ``.<name>.tmp-<pid>`` in the same directory (of
+the file itself, or of another label file given as ``start_from``), which ``close()`` (or leaving
+a ``with`` block normally) moves over the original with ``os.replace``; an exception inside the
+``with`` block deletes the copy and leaves the original as it was. A killed process leaves the
+original intact (and a stale temporary file). Opening in mode ``"a"`` copies the whole file, and
+two writers at once lose one's changes: write from one process.
+
+Shards: ``mlip-distill label --shard i/n`` writes a label file of one part of its input, and
+:func:`merge_shards` joins the n parts into the file one run would have written.
 
 Reading is lazy: mode ``"r"`` keeps only the offsets in memory and reads one structure's slice at a
 time. h5py handles do not survive ``fork``: a store opened in ``"r"`` reopens the file on first
@@ -60,8 +68,10 @@ use in each process, so that it can be handed to DataLoader workers (and pickled
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
+from dataclasses import asdict, dataclass
 import os
 import shutil
 from pathlib import Path
@@ -99,6 +109,7 @@ UNITS = {
 ISOLATED_ATOM = "IsolatedAtom"  # config_type that marks an isolated-atom frame (MACE convention)
 
 _CHUNK_ROWS = 4096
+_COPY_BATCH = 256  # structures read, then appended, at a time by copy_structures
 _CHUNK_BYTES = 1 << 20  # h5py's default chunk cache; a bigger chunk is re-read for every slice
 _STRUCTURE_DATASETS = {  # name: (shape after the first axis, dtype, grows per)
     "n_atoms": ((), np.int64, "structure"),
@@ -118,18 +129,67 @@ _LABEL_DATASETS = {
 }
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count`` of the ``n_structures`` structures an input file holds: the
+    structures at positions ``k`` with ``k % count == index`` (round robin, so that every shard
+    gets a like share of large and small structures wherever they sit in the file).
+
+    ``input_sha256`` is the SHA-256 of the input file, so that shards of different inputs are
+    not merged; ``n_structures`` is 0 until the input has been read.
+    """
+
+    index: int
+    count: int
+    n_structures: int = 0
+    input_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise DataError(
+                f"shard {self.index}/{self.count}: expected i/n with 0 <= i < n, e.g. 0/4 to 3/4"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"1/4"`` -> part 1 of 4; one-line :class:`DataError` for anything else."""
+        index, _, count = text.partition("/")
+        try:
+            numbers = int(index), int(count)
+        except ValueError:
+            raise DataError(
+                f"shard '{text}': expected i/n with 0 <= i < n, e.g. 0/4 to 3/4"
+            ) from None
+        return cls(*numbers)
+
+    def positions(self) -> range:
+        """Positions, counted among all ``n_structures``, of this shard's structures."""
+        return range(self.index, self.n_structures, self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 class LabelStore:
     """An HDF5 label file (module docstring), opened ``"r"`` (read only) or ``"a"`` (append).
 
     Use it as a context manager; in mode ``"a"`` the changes reach ``path`` only on ``close()``.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r", compression: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        mode: str = "r",
+        compression: str | None = None,
+        start_from: str | Path | None = None,
+    ) -> None:
         """
         Args:
             path: the label file; mode ``"a"`` creates it when absent.
             mode: ``"r"`` or ``"a"``.
             compression: h5py compression (e.g. ``"gzip"``) of datasets this store creates.
+            start_from: mode ``"a"`` only: another label file whose copy ``path`` becomes on
+                ``close()`` with the changes made (``path`` itself is not read).
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
@@ -145,19 +205,22 @@ class LabelStore:
             if not self.path.exists():
                 raise DataError(f"{self._name}: no such file")
         else:
-            self._open_for_writing()
+            self._open_for_writing(None if start_from is None else Path(start_from))
         self._offsets = self._h5["structures/offsets"][:]
 
     # -- opening and closing -------------------------------------------------------------------
 
-    def _open_for_writing(self) -> None:
+    def _open_for_writing(self, start_from: Path | None) -> None:
         if not self.path.parent.is_dir():
             raise DataError(f"{self._name}: directory {self.path.parent} does not exist")
         self._temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        original, name = (self.path, self._name)
+        if start_from is not None:
+            original, name = start_from, str(start_from)
         try:
-            if self.path.exists():
-                shutil.copy2(self.path, self._temp)
-                self._file = _open_checked(self._temp, self._name, "r+")
+            if original.exists():
+                shutil.copy2(original, self._temp)
+                self._file = _open_checked(self._temp, name, "r+")
             else:
                 self._file = h5py.File(self._temp, "w")
                 _create_layout(self._file, self.compression)
@@ -369,6 +432,23 @@ class LabelStore:
         group = self._h5["isolated_atoms"][source]
         return {int(z): float(e) for z, e in zip(group["numbers"][:], group["energy"][:])}
 
+    @property
+    def shard(self) -> Shard | None:
+        """Which part of which input this file holds; None unless labelled with ``--shard``."""
+        text = self._h5.attrs.get("shard")
+        return None if text is None else Shard(**json.loads(text))
+
+    @property
+    def labelling_run(self) -> str | None:
+        """The id of the last labelling run committed into the file, if any."""
+        run = self._h5.attrs.get("labelling_run")
+        return None if run is None else str(run)
+
+    def next_system_id(self) -> int:
+        """The smallest system id above every one in the store (0 for an empty store)."""
+        existing = self._h5["structures/system_id"][:]
+        return int(existing.max()) + 1 if len(existing) else 0
+
     # -- writing -------------------------------------------------------------------------------
 
     def _writable(self) -> h5py.File:
@@ -408,7 +488,7 @@ class LabelStore:
             if len(atoms) == 0:
                 raise DataError(f"{self._name}: appended structure {k} has no atoms")
         if system_id is None:
-            system_id = self._new_system_ids(atoms_list)
+            system_id = new_system_ids(atoms_list, self.next_system_id())
         if config_type is None:
             config_type = [str(atoms.info.get("config_type", "")) for atoms in atoms_list]
         if source_index is None:
@@ -433,15 +513,13 @@ class LabelStore:
         _grow_labels(f["labels"], {"structure": len(self), "atom": int(self._offsets[-1])})
         return np.arange(first, len(self), dtype=np.int64)
 
-    def _new_system_ids(self, atoms_list: Sequence[Atoms]) -> np.ndarray:
-        existing = self._h5["structures/system_id"][:]
-        next_id = int(existing.max()) + 1 if len(existing) else 0
-        keys = [
-            ("info", atoms.info["system_id"]) if "system_id" in atoms.info else ("frame", k)
-            for k, atoms in enumerate(atoms_list)
-        ]
-        new_ids: dict = {}
-        return np.array([new_ids.setdefault(key, next_id + len(new_ids)) for key in keys])
+    def set_shard(self, shard: Shard) -> None:
+        """Mark the file as holding ``shard`` of its input (see :func:`merge_shards`)."""
+        self._writable().attrs["shard"] = json.dumps(asdict(shard), sort_keys=True)
+
+    def set_labelling_run(self, run: str) -> None:
+        """Record ``run`` as the last labelling run committed into the file."""
+        self._writable().attrs["labelling_run"] = run
 
     def set_labels(
         self,
@@ -499,7 +577,11 @@ class LabelStore:
         for key, dataset in _label_datasets(group):
             if replace:
                 rows = [
-                    (indices[k], checked[k].get(key, _missing(dataset, n_atoms[indices[k]])))
+                    (
+                        indices[k],
+                        checked[k][key] if key in checked[k]
+                        else _missing(dataset, n_atoms[indices[k]]),
+                    )
                     for k in order
                 ]
             else:
@@ -593,6 +675,19 @@ class LabelStore:
                 group, name, (len(values),), dtype, "element", self.compression
             )
             dataset[:] = values
+
+
+def new_system_ids(atoms_list: Sequence[Atoms], first_id: int) -> np.ndarray:
+    """System ids from ``first_id`` on: structures whose ``atoms.info["system_id"]`` agree share
+    one, the others get one each, numbered in order of first appearance. (S,) int64."""
+    keys = [
+        ("info", atoms.info["system_id"]) if "system_id" in atoms.info else ("frame", k)
+        for k, atoms in enumerate(atoms_list)
+    ]
+    new_ids: dict = {}
+    return np.array(
+        [new_ids.setdefault(key, first_id + len(new_ids)) for key in keys], dtype=np.int64
+    )
 
 
 def _open_checked(path: Path, name: str, mode: str) -> h5py.File:
@@ -846,3 +941,122 @@ def export_structures(store_path: str | Path, source: str | None, out_path: str 
                 frame_labels.append(store.labels(source, index, features=(), hessian=False))
     write_structures(out_path, frames, frame_labels)
     return len(frames)
+
+
+def copy_structures(rows: Sequence[tuple[LabelStore, int]], target: LabelStore) -> np.ndarray:
+    """Append the structures ``rows`` ((store, index) pairs) to ``target`` in that order, with
+    their system id, config type and source index, and the labels of every source of their
+    stores; those sources' provenance and isolated-atom energies come along.
+
+    Returns:
+        (len(rows),) int64 indices of the copies in ``target``.
+    """
+    stores = list({id(store): store for store, _ in rows}.values())
+    for store in stores:
+        for source in store.sources():
+            target.set_labels(source, [], [], store.provenance(source))
+        for source in store._h5["isolated_atoms"]:
+            target.set_isolated_atoms(source, store.isolated_atoms(source))
+    copies = [np.arange(len(target), len(target), dtype=np.int64)]
+    for first in range(0, len(rows), _COPY_BATCH):
+        batch = rows[first : first + _COPY_BATCH]
+        arrays = [store.arrays(index) for store, index in batch]
+        indices = target.append(
+            [store.structure(index) for store, index in batch],
+            system_id=[entry["system_id"] for entry in arrays],
+            config_type=[entry["config_type"] for entry in arrays],
+            source_index=[
+                int(store._dataset("structures/source_index")[index]) for store, index in batch
+            ],
+        )
+        for source in target.sources():
+            holders = [(store, index, k) for k, (store, index) in enumerate(batch)
+                       if source in store.sources()]
+            target.set_labels(
+                source,
+                indices[[k for _, _, k in holders]],
+                [store.labels(source, index) for store, index, _ in holders],
+                feature_irreps=holders[0][0].feature_layers(source) if holders else None,
+                replace=True,
+            )
+        copies.append(indices)
+    return np.concatenate(copies)
+
+
+def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> int:
+    """Join the label files of every shard of one input (``mlip-distill label --shard i/n``)
+    into ``out_path``, a new label file: the structures in the input's order with all their
+    labels, the sources' provenance and isolated-atom energies, as one unsharded run writes them.
+
+    Returns:
+        the number of structures.
+    Raises:
+        DataError (one line): ``out_path`` exists; a file is not a shard; shards of different
+            inputs or split in different counts; a shard given twice, missing or incomplete;
+            shards whose label sources or provenance differ (other teachers or settings).
+    """
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise DataError(f"{out_path}: already exists; merge writes a new label file")
+    if not shard_paths:
+        raise DataError(f"{out_path}: no shards to merge")
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(LabelStore(path)) for path in shard_paths]
+        by_index = _shards_in_order(stores)
+        count = len(by_index)
+        n_structures = by_index[0].shard.n_structures
+        rows = [(by_index[k % count], k // count) for k in range(n_structures)]
+        with LabelStore(out_path, "a") as out:
+            copy_structures(rows, out)
+    return n_structures
+
+
+def _shards_in_order(stores: Sequence[LabelStore]) -> list[LabelStore]:
+    """The shard files ``stores`` ordered by shard index, after checking that they are every
+    complete shard of one input, labelled alike (one-line :class:`DataError` otherwise)."""
+    first = stores[0]
+    by_index: dict[int, LabelStore] = {}
+    for store in stores:
+        shard, first_shard = store.shard, first.shard
+        if shard is None or first_shard is None:
+            unsharded = store if shard is None else first
+            raise DataError(f"{unsharded.path}: not a shard (labelled without --shard)")
+        if (shard.count, shard.n_structures, shard.input_sha256) != (
+            first_shard.count, first_shard.n_structures, first_shard.input_sha256
+        ):
+            raise DataError(
+                f"{store.path} is shard {shard} of {shard.n_structures} structures, "
+                f"{first.path} shard {first_shard} of {first_shard.n_structures} (input sha256 "
+                f"{shard.input_sha256[:12]} vs {first_shard.input_sha256[:12]}); merge the "
+                "shards of one input, split once"
+            )
+        if shard.index in by_index:
+            raise DataError(f"{by_index[shard.index].path} and {store.path} are both shard {shard}")
+        expected = len(shard.positions())
+        if len(store) != expected:
+            raise DataError(
+                f"{store.path}: holds {len(store)} structures, but shard {shard} of "
+                f"{shard.n_structures} has {expected}"
+            )
+        if store.sources() != first.sources():
+            raise DataError(
+                f"{store.path} has label sources {', '.join(store.sources()) or 'none'} but "
+                f"{first.path} has {', '.join(first.sources()) or 'none'}; merge shards "
+                "labelled alike"
+            )
+        for source in store.sources():
+            mine, theirs = store.provenance(source), first.provenance(source)
+            if mine != theirs:
+                raise DataError(
+                    f"{store.path} and {first.path} were labelled differently: source '{source}' "
+                    f"comes from {mine.get('spec', 'unknown')} and {theirs.get('spec', 'unknown')}"
+                    " (or other settings); merge shards labelled by one teacher, one way"
+                )
+        by_index[shard.index] = store
+    count = first.shard.count
+    missing = [f"{index}/{count}" for index in range(count) if index not in by_index]
+    if missing:
+        raise DataError(
+            f"shard {', '.join(missing)} of {first.path}'s input missing; give every shard"
+        )
+    return [by_index[index] for index in range(count)]

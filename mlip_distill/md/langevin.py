@@ -33,6 +33,34 @@ class LangevinRun:
         return bool(np.isfinite(self.temperatures).all())
 
 
+def langevin_dynamics(
+    atoms: Atoms,
+    temperature: float,
+    timestep_fs: float,
+    friction_per_fs: float,
+    seed: int,
+) -> Langevin:
+    """Langevin (NVT) dynamics of ``atoms``, whose calculator is attached, at ``temperature`` K.
+
+    The velocities start from a Maxwell–Boltzmann distribution at ``temperature``; the centre of
+    mass is fixed (a :class:`~ase.constraints.FixCom` constraint is set on ``atoms``).
+
+    Args:
+        timestep_fs: integration time step, fs.  friction_per_fs: Langevin friction, 1/fs.
+        seed: of the initial velocities (``seed``) and of the random forces (``seed + 1``).
+    """
+    atoms.set_constraint(FixCom())
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    return Langevin(
+        atoms,
+        timestep=timestep_fs * units.fs,
+        temperature_K=temperature,
+        friction=friction_per_fs / units.fs,
+        fixcm=False,
+        rng=np.random.default_rng(seed + 1),
+    )
+
+
 def run_langevin(
     atoms: Atoms,
     calculator: Calculator,
@@ -50,17 +78,8 @@ def run_langevin(
         timestep_fs: integration time step, fs.  friction_per_fs: Langevin friction, 1/fs.
     """
     atoms = atoms.copy()
-    atoms.set_constraint(FixCom())
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=np.random.default_rng(seed + 1),
-    )
+    dynamics = langevin_dynamics(atoms, temperature, timestep_fs, friction_per_fs, seed)
     dynamics.run(warmup)
     temperatures = []
     dynamics.attach(lambda: temperatures.append(atoms.get_temperature()), interval=1)

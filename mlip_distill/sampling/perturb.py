@@ -7,7 +7,6 @@ integer seed, so a run is reproducible.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,19 +15,13 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms
-from ase.neighborlist import neighbor_list
 
+from mlip_distill.sampling.contacts import CloseContactCheck
 from mlip_distill.sampling.errors import SamplingError
 from mlip_distill.sampling.seeds import seed_structures
 
-logger = logging.getLogger(__name__)
-
 #: ``info["config_type"]`` of structures made by :func:`sample_structures`.
 CONFIG_TYPE = "rattle-strain"
-
-#: :func:`sample_structures` gives up when it has drawn this many times the requested number
-#: of structures (most of them rejected for close contacts).
-MAX_DRAWS_PER_STRUCTURE = 10
 
 RandomSource = np.random.Generator | int | None
 
@@ -48,7 +41,7 @@ def rattle(
     rng = np.random.default_rng(rng)
     low, high = sigma_range
     if not 0 <= low <= high:
-        raise SamplingError(f"rattle sigma range {sigma_range} must satisfy 0 <= low <= high")
+        raise SamplingError(f"rattle (--rattle) sigma range {sigma_range} Å must satisfy 0 <= low <= high")
     copies = []
     for _ in range(n):
         sigma = rng.uniform(low, high)
@@ -75,7 +68,7 @@ def strain(
     """
     rng = np.random.default_rng(rng)
     if max_strain < 0:
-        raise SamplingError(f"max strain {max_strain} must not be negative")
+        raise SamplingError(f"strain (--strain) {max_strain} must not be negative")
     copies = []
     for _ in range(n):
         epsilon = np.diag(rng.uniform(-max_strain, max_strain, size=3))
@@ -90,11 +83,6 @@ def strain(
     return copies
 
 
-def has_close_contact(atoms: Atoms, min_distance: float) -> bool:
-    """Whether two atoms (periodic images included) are closer than ``min_distance`` Å."""
-    return len(neighbor_list("d", atoms, min_distance)) > 0
-
-
 def sample_structures(
     seeds: Sequence[Atoms],
     n_structures: int,
@@ -102,50 +90,38 @@ def sample_structures(
     max_strain: float = 0.01,
     supercell: tuple[int, int, int] | None = None,
     min_distance: float = 0.5,
-    seed: int = 0,
+    seed: RandomSource = 0,
 ) -> list[Atoms]:
     """``n_structures`` strained and rattled copies of ``seeds``, taken in turn.
 
-    Each seed is first repeated ``supercell`` times (when given) and stripped of any labels it
-    carries. A copy is strained (fully periodic seeds only; see :func:`strain`), then rattled
-    (:func:`rattle`). Copies with two atoms closer than ``min_distance`` Å are rejected and
-    redrawn; the number rejected is logged. Every structure carries
-    ``info["config_type"] = "rattle-strain"`` and ``info["source_index"]``, the index of its
-    seed in ``seeds``; ``info["system_id"]`` is the same index, so that a label store groups
-    the copies of one seed as conformers of one system.
+    The seeds are prepared by :func:`seed_cells` (``supercell`` repeats, labels dropped). A copy
+    is strained (fully periodic seeds only; see :func:`strain`), then rattled (:func:`rattle`).
+    Copies with two atoms closer than ``min_distance`` Å are rejected and redrawn; the number
+    rejected is logged. Every structure carries ``info["config_type"] = "rattle-strain"`` and
+    ``info["source_index"]``, the index of its seed in ``seeds``; ``info["system_id"]`` is the
+    same index, so that a label store groups the copies of one seed as conformers of one system.
 
     Raises :class:`SamplingError` when there are no seeds or too many draws are rejected.
     """
-    if not seeds:
-        raise SamplingError("no seed structures to sample from")
+    bases = seed_cells(seeds, supercell)
     rng = np.random.default_rng(seed)
-    bases = [_bare_copy(atoms.repeat(supercell) if supercell else atoms) for atoms in seeds]
+    check = CloseContactCheck(min_distance, CONFIG_TYPE)
     sampled: list[Atoms] = []
-    n_rejected = 0
-    max_draws = MAX_DRAWS_PER_STRUCTURE * n_structures
     while len(sampled) < n_structures:
-        if len(sampled) + n_rejected >= max_draws:
-            raise SamplingError(
-                f"{n_rejected} of {max_draws} sampled structures had atoms closer than "
-                f"{min_distance} Å; lower the rattle sigma {rattle_sigma} or min_distance"
-            )
+        check.give_up_after(
+            n_structures, f"lower the rattle sigma {rattle_sigma} or min_distance"
+        )
         seed_index = len(sampled) % len(bases)
         atoms = bases[seed_index]
         if atoms.pbc.all():
             atoms = strain(atoms, max_strain, rng=rng)[0]
         atoms = rattle(atoms, rattle_sigma, rng=rng)[0]
-        if has_close_contact(atoms, min_distance):
-            n_rejected += 1
-            continue
-        atoms.info.update(config_type=CONFIG_TYPE, source_index=seed_index, system_id=seed_index)
-        sampled.append(atoms)
-    if n_rejected:
-        logger.warning(
-            "rejected %d of %d sampled structures with atoms closer than %g Å",
-            n_rejected,
-            n_rejected + n_structures,
-            min_distance,
-        )
+        if check.accepts(atoms):
+            atoms.info.update(
+                config_type=CONFIG_TYPE, source_index=seed_index, system_id=seed_index
+            )
+            sampled.append(atoms)
+    check.report()
     return sampled
 
 
@@ -171,6 +147,12 @@ def sample_file(
         min_distance=min_distance,
         seed=seed,
     )
+    write_extxyz(structures, out_path)
+    return len(structures)
+
+
+def write_extxyz(structures: Sequence[Atoms], out_path: str | Path) -> None:
+    """Write ``structures`` to the extxyz file ``out_path``, which appears only once complete."""
     out_path = Path(out_path)
     descriptor, partial_path = tempfile.mkstemp(
         prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent
@@ -181,10 +163,23 @@ def sample_file(
         os.replace(partial_path, out_path)
     finally:
         Path(partial_path).unlink(missing_ok=True)
-    return len(structures)
 
 
-def _bare_copy(atoms: Atoms) -> Atoms:
-    """Only numbers, positions, cell and periodicity: the seed's energies, forces or
-    reference labels in ``info``/``arrays`` do not describe a displaced copy."""
+def seed_cells(
+    seeds: Sequence[Atoms], supercell: tuple[int, int, int] | None = None
+) -> list[Atoms]:
+    """The seeds every generator starts from: each repeated ``supercell`` times along its
+    lattice vectors (when given) and stripped of its labels (:func:`bare_copy`).
+
+    Raises :class:`SamplingError` when there are no seeds.
+    """
+    if not seeds:
+        raise SamplingError("no seed structures to sample from")
+    return [bare_copy(atoms.repeat(supercell) if supercell else atoms) for atoms in seeds]
+
+
+def bare_copy(atoms: Atoms) -> Atoms:
+    """Only numbers, positions, cell and periodicity: the energies, forces, reference labels
+    (``info``/``arrays``), constraints and velocities of the original do not describe a new
+    structure."""
     return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)

@@ -66,6 +66,17 @@ def seed_structures(spec_or_path: str | Path) -> list[Atoms]:
     return read_structures(text)
 
 
+def parse_supercell(text: str) -> tuple[int, int, int]:
+    """``"2x2x3"`` → ``(2, 2, 3)``: repeats along the three lattice vectors, each at least 1."""
+    match = _REPEAT.fullmatch(text.strip())
+    repeats = tuple(int(n) for n in match.groups()) if match else ()
+    if not repeats or min(repeats) < 1:
+        raise SamplingError(
+            f"supercell (--supercell) '{text}' must be three repeats of 1 or more, e.g. '2x2x2'"
+        )
+    return repeats
+
+
 def bulk_crystal(spec: str) -> Atoms:
     """The crystal of a ``bulk:`` spec, e.g. ``bulk:Cu:fcc:a=3.61:cubic:2x2x2``."""
     name, *parts = spec.removeprefix("bulk:").split(":")

@@ -10,6 +10,17 @@ Grammar
     e.g. a large student teaching a smaller one; it also gives node features and exact
     Hessian-vector products (:class:`~mlip_distill.teachers.potential.PotentialTeacher`).
     Checked before the class form, so a module named ``potential`` cannot be used there.
+``sevennet:MODEL``
+    A pretrained SevenNet model by the name ``sevenn`` gives it, e.g. ``sevennet:7net-0``
+    (SevenNet-0, 89 elements), with node features and exact Hessian-vector products
+    (:class:`~mlip_distill.teachers.sevennet.SevenNetTeacher`; needs the ``sevennet`` extra).
+``xtb:GFN2`` or ``xtb:GFN1``
+    GFN2-xTB or GFN1-xTB tight binding by tblite, H to Rn, with per-atom energies
+    (:class:`~mlip_distill.teachers.xtb.XTBTeacher`; needs the ``xtb`` extra).
+``pyscf:FUNCTIONAL/BASIS``
+    Kohn-Sham DFT of molecules by PySCF, e.g. ``pyscf:pbe/def2-svp``, ``pyscf:b3lyp/6-31g*``;
+    periodic structures are refused (:class:`~mlip_distill.teachers.dft.PySCFTeacher`; needs
+    the ``dft`` extra).
 ``package.module:Class`` or ``package.module:Class(key=value, ...)``
     Any importable class: an ASE calculator (wrapped in
     :class:`~mlip_distill.teachers.ase_calculator.ASECalculatorTeacher`) or a
@@ -38,6 +49,9 @@ from mlip_distill.teachers.base import Teacher, TeacherError
 from mlip_distill.teachers.potential import PotentialTeacher
 
 POTENTIAL_PREFIX = "potential:"
+SEVENNET_PREFIX = "sevennet:"
+XTB_PREFIX = "xtb:"
+PYSCF_PREFIX = "pyscf:"
 
 _CLASS_SPEC = re.compile(
     r"(?P<module>[A-Za-z_][\w.]*):(?P<cls>[A-Za-z_]\w*)(?:\((?P<kwargs>.*)\))?", re.DOTALL
@@ -63,6 +77,12 @@ def load_teacher(spec: str) -> Teacher:
                 f"teacher spec '{spec}': expected potential:PATH to a package folder"
             )
         return PotentialTeacher(path)
+    if spec.startswith(SEVENNET_PREFIX):
+        return _sevennet_teacher(spec)
+    if spec.startswith(XTB_PREFIX):
+        return _xtb_teacher(spec)
+    if spec.startswith(PYSCF_PREFIX):
+        return _pyscf_teacher(spec)
     match = _CLASS_SPEC.fullmatch(spec)
     if match is None:
         raise TeacherError(
@@ -97,6 +117,51 @@ def load_teacher(spec: str) -> Teacher:
     raise TeacherError(
         f"teacher spec '{spec}': {class_name} is neither an ASE calculator nor a Teacher"
     )
+
+
+def _sevennet_teacher(spec: str) -> Teacher:
+    """The teacher of ``sevennet:MODEL``; ``sevenn`` is imported only when one is asked for."""
+    model = spec.removeprefix(SEVENNET_PREFIX).strip()
+    if not model:
+        raise TeacherError(f"teacher spec '{spec}': expected sevennet:MODEL, e.g. sevennet:7net-0")
+    try:
+        from mlip_distill.teachers.sevennet import SevenNetTeacher
+    except ImportError as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot import sevenn ({exc}); "
+            "install it with pip install 'mlip-distill[sevennet]'"
+        ) from exc
+    return SevenNetTeacher(model)
+
+
+def _xtb_teacher(spec: str) -> Teacher:
+    """The teacher of ``xtb:METHOD``; ``tblite`` is imported only when one is asked for."""
+    try:
+        from mlip_distill.teachers.xtb import XTBTeacher
+    except ImportError as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot import tblite ({exc}); "
+            "install it with pip install 'mlip-distill[xtb]'"
+        ) from exc
+    return XTBTeacher(spec.removeprefix(XTB_PREFIX).strip())
+
+
+def _pyscf_teacher(spec: str) -> Teacher:
+    """The teacher of ``pyscf:FUNCTIONAL/BASIS``; ``pyscf`` is imported only when one is
+    asked for."""
+    xc, _, basis = spec.removeprefix(PYSCF_PREFIX).partition("/")
+    if not xc.strip() or not basis.strip():
+        raise TeacherError(
+            f"teacher spec '{spec}': expected pyscf:FUNCTIONAL/BASIS, e.g. pyscf:pbe/def2-svp"
+        )
+    try:
+        from mlip_distill.teachers.dft import PySCFTeacher
+    except ImportError as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot import pyscf ({exc}); "
+            "install it with pip install 'mlip-distill[dft]'"
+        ) from exc
+    return PySCFTeacher(xc=xc.strip(), basis=basis.strip())
 
 
 def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:

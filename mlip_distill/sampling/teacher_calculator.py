@@ -1,0 +1,32 @@
+"""Any teacher as an ASE calculator, so that ASE's optimisers and thermostats can drive it."""
+
+from __future__ import annotations
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlip_distill.teachers.base import Teacher
+
+
+class TeacherCalculator(Calculator):
+    """Energy (eV) and forces (eV/Å) from :meth:`Teacher.label`, for relaxations and MD.
+
+    Works for every teacher (an ASE calculator's, a potential package's, DFT), at the cost of
+    the labels the teacher computes besides these two.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, teacher: Teacher) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: list[str] | None = None,
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        labels = self.teacher.label(self.atoms)
+        self.results = {"energy": float(labels["energy"]), "forces": labels["forces"]}
