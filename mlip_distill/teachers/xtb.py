@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterable
 
+import numpy as np
+from ase import Atoms
 from tblite.ase import TBLite
 
 from mlip_distill.teachers.ase_calculator import ASECalculatorTeacher
@@ -40,7 +42,10 @@ class XTBTeacher(ASECalculatorTeacher):
 
     The total charge is the sum of the structure's initial charges and the number of unpaired
     electrons the rounded sum of its initial magnetic moments, as tblite reads them (both zero
-    unless set). An SCF that does not converge raises
+    unless set). Every structure starts its SCF from tblite's superposition-of-atomic-densities
+    guess, never from the previous structure's solution, so that its labels do not depend on
+    what was labelled before it (they would differ by about 4e-5 eV/Å at tblite's default
+    accuracy). An SCF that does not converge raises
     :class:`~ase.calculators.calculator.CalculationFailed`, so the structure is recorded as a
     failure.
 
@@ -64,12 +69,18 @@ class XTBTeacher(ASECalculatorTeacher):
                 f"expected {' or '.join(f'xtb:{name}' for name in METHODS)}"
             )
         super().__init__(
-            TBLite(method=METHODS[method], verbosity=0),
+            TBLite(method=METHODS[method], verbosity=0, cache_api=False),
             name=spec,
             spec=spec,
             elements=XTB_ELEMENTS,
             version=f"tblite {importlib.metadata.version('tblite')}",
         )
+
+    def label(self, atoms: Atoms) -> dict[str, np.ndarray]:
+        """Energy (eV), forces (N, 3) eV/Å, stress (6,) eV/Å³ (NaN unless periodic in all three
+        directions) and atomic energies (N,) eV of ``atoms``, from a fresh SCF."""
+        self.calculator.reset()  # with cache_api=False this also drops the last wavefunction
+        return super().label(atoms)
 
     def isolated_atom_energies(self, numbers: Iterable[int]) -> dict[int, float]:
         """Energy in eV of each element's free atom in its ground-state spin, keyed by atomic
