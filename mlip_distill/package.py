@@ -9,7 +9,6 @@ potential found on the internet cannot run code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .checksums import file_sha256
 from .models import build_model
 
 FORMAT = "mlip-distill-potential"
@@ -86,14 +86,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
@@ -135,7 +127,7 @@ def save_potential(
         "versions": library_versions(),
         "git_commit": git_commit(),
         **dict(extra or {}),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
     }
     _atomic_write_text(directory / METADATA, json.dumps(metadata, indent=2, default=str) + "\n")
     return directory
@@ -180,7 +172,7 @@ def load_potential(
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise PotentialError(f"{weights}: missing; the package is incomplete")
-    if _sha256(weights) != metadata.get("weights_sha256"):
+    if file_sha256(weights) != metadata.get("weights_sha256"):
         raise PotentialError(f"{weights}: checksum differs from {METADATA}; the weights were modified or truncated")
     try:
         state = load_file(str(weights))

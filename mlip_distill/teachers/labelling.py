@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -46,6 +45,7 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from mlip_distill.checksums import file_sha256
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
 from mlip_distill.data.store import (
@@ -429,7 +429,7 @@ def label_file(
     settings = json.loads(json.dumps(
         {
             "input": str(input_path.resolve()),
-            "input_sha256": _sha256(input_path),
+            "input_sha256": file_sha256(input_path),
             "source": source,
             "teacher": provenance,
             "chunk_size": chunk_size,
@@ -669,14 +669,6 @@ def _store_job(input_path: Path, out_path: Path, shard: Shard | None) -> _Job:
         out_structures=n_structures if in_place else 0,
         shard=shard,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _elements_present(numbers_per_structure: Iterable[np.ndarray]) -> set[int]:

@@ -13,7 +13,6 @@ of the file it read.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ase import Atoms
 from sevenn.atom_graph_data import AtomGraphData
 from sevenn.util import get_available_pretrained_models, load_checkpoint, pretrained_name_to_path
 
+from mlip_distill.checksums import file_sha256
 from mlip_distill.data.graph import neighbour_list
 from mlip_distill.teachers.base import Teacher, TeacherError
 
@@ -38,14 +38,6 @@ _DTYPE = torch.float32
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float64)
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SevenNetTeacher(Teacher):
@@ -119,7 +111,7 @@ class SevenNetTeacher(Teacher):
             "cutoff": self.cutoff,
             "dtype": "float32",
         }
-        self.weights_sha256 = _sha256(checkpoint_path)
+        self.weights_sha256 = file_sha256(checkpoint_path)
 
     def _capture_hook(self, layer: str) -> Callable[[torch.nn.Module, Any, Any], None]:
         """A forward hook that keeps the node features (N, F) a block outputs under ``layer``."""
