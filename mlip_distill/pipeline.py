@@ -55,10 +55,13 @@ class DistillSettings:
     selection: str = "disagreement"
 
 
-def _train_committee(settings: DistillSettings, labels_path: Path, directories: Sequence[Path]) -> list[TrainResult]:
+def _train_committee(
+    settings: DistillSettings, labels_path: Path, directories: Sequence[Path], valid_indices: Sequence[int] | None = None
+) -> list[TrainResult]:
     """One student per folder of ``directories``, trained on ``labels_path``; member k has seed
-    ``settings.seed + k`` (weights and shuffling); the train/validation split (``data.seed``) is
-    the same for all."""
+    ``settings.seed + k`` (weights and shuffling); the train/validation split (``data.seed``, or
+    ``valid_indices`` when given: later rounds keep the first round's held-out structures, so
+    their errors compare and on-policy frames only ever train) is the same for all."""
     from .training.run import compose_config, train
 
     results = []
@@ -68,6 +71,7 @@ def _train_committee(settings: DistillSettings, labels_path: Path, directories: 
                 f"experiment={settings.experiment}",
                 f"data.path={labels_path.resolve()}",
                 f"data.n_valid={settings.n_valid}",
+                *([f"data.valid_indices=[{','.join(map(str, valid_indices))}]"] if valid_indices is not None else []),
                 f"run_dir={directory}",
                 f"seed={settings.seed + member}",
                 "trainer.enable_progress_bar=false",
@@ -123,7 +127,9 @@ def _on_policy_round(
     errors_on_new_frames = evaluate_store(
         load_potential(committee[0].potential_dir), labels_path, ["teacher"], indices=new_indices
     )["teacher"]
-    committee = _train_committee(settings, labels_path, _committee_dirs(round_dir, len(committee)))
+    committee = _train_committee(
+        settings, labels_path, _committee_dirs(round_dir, len(committee)), valid_indices=committee[0].valid_indices
+    )
     errors = evaluate_store(
         load_potential(committee[0].potential_dir), labels_path, ["teacher"], indices=committee[0].valid_indices
     )["teacher"]

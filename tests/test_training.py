@@ -112,3 +112,14 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         AtomicModelCheckpoint(dirpath=tmp_path)._save_checkpoint(CrashingTrainer(), str(target))
     assert target.read_bytes() == b"previous checkpoint"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_fixed_validation_indices_hold_out_exactly_those(copper_label_file):
+    from mlip_distill.data.errors import DataError
+    from mlip_distill.training.datamodule import LabelFileDataModule
+
+    module = LabelFileDataModule(copper_label_file, "teacher", 4.0, valid_indices=[3, 5, 30])
+    assert module.valid_store_indices == [3, 5, 30]
+    assert len(module.train_store_indices) == 37 and not {3, 5, 30} & set(module.train_store_indices)
+    with pytest.raises(DataError, match="valid_indices"):
+        LabelFileDataModule(copper_label_file, "teacher", 4.0, valid_indices=[3, 999])

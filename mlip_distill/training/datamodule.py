@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 from torch_geometric.loader import DataLoader
 
 from ..data.dataset import GraphDataset, split_indices
+from ..data.errors import DataError
 from ..data.sampler import SystemBatchSampler
 from ..data.stats import DatasetStatistics, compute_statistics
 from ..data.store import LabelStore
@@ -27,6 +28,8 @@ class LabelFileDataModule(pl.LightningDataModule):
         n_valid / valid_fraction: size of the held-out split (``n_valid`` wins when set).
         require: labels a structure must have to be used.
         features / hessian: teacher feature layers and Hessian-vector products to load.
+        valid_indices: store indices to hold out, instead of a random split; keeps the
+            validation set fixed while the label file grows (on-policy rounds).
         conformers_per_system: when set, training batches hold this many structures of one
             system at a time (:class:`~mlip_distill.data.sampler.SystemBatchSampler`), for
             losses that compare conformers.
@@ -49,6 +52,7 @@ class LabelFileDataModule(pl.LightningDataModule):
         features: tuple[str, ...] = (),
         hessian: bool = False,
         conformers_per_system: int = 0,
+        valid_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -64,7 +68,12 @@ class LabelFileDataModule(pl.LightningDataModule):
             features=tuple(features), hessian=hessian,
         )
         self.dataset = dataset
-        if n_valid is not None:
+        if valid_indices is not None:
+            held_out = np.isin(dataset.indices, valid_indices)
+            train, valid = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+            if len(valid) != len(set(valid_indices)):
+                raise DataError(f"{self.path}: data.valid_indices names structures that are not in the usable data")
+        elif n_valid is not None:
             train, valid = split_indices(len(dataset), n_valid=n_valid, seed=seed)
         else:
             train, valid = split_indices(len(dataset), valid_fraction=valid_fraction, seed=seed)
