@@ -99,7 +99,7 @@ def _md(args: argparse.Namespace) -> None:
     runs = {"student": run_langevin(atoms, StudentCalculator(args.potential), args.steps, args.temperature, args.timestep)}
     if args.teacher:
         teacher = load_teacher(args.teacher)
-        runs["teacher"] = run_langevin(atoms, teacher.calculator, args.teacher_steps, args.temperature, args.timestep)
+        runs["teacher"] = run_langevin(atoms, teacher.ase_calculator(), args.teacher_steps, args.temperature, args.timestep)
     for name, run in runs.items():
         print(
             f"{name:<8} {run.steps} steps of {run.n_atoms} atoms at {args.temperature:.0f} K: "

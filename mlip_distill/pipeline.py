@@ -197,7 +197,7 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
 
     md_atoms = seed_structures(settings.md_structure)[0]
     student_md = run_langevin(md_atoms, StudentCalculator(result.potential_dir), settings.md_steps, settings.temperature)
-    teacher_md = run_langevin(md_atoms, teacher.calculator, settings.teacher_md_steps, settings.temperature)
+    teacher_md = run_langevin(md_atoms, teacher.ase_calculator(), settings.teacher_md_steps, settings.temperature)
     summary = {
         "potential": str(result.potential_dir),
         "n_structures": n_structures,

@@ -241,3 +241,13 @@ def test_extras_the_teacher_or_the_store_cannot_take_fail_before_labelling(tmp_p
         label_file(tmp_path / "in.xyz", "emt", out, hvp_probes=1, progress=False)
     with LabelStore(out) as store:
         assert len(store) == 1  # the failed run appended nothing
+
+
+def test_every_teacher_runs_md_through_an_ase_calculator(potential_teacher):
+    emt = load_teacher("emt")
+    assert emt.ase_calculator() is emt.calculator  # native speed for ASE teachers
+    atoms = rattled_copper(seed=4)
+    labels = potential_teacher.label(atoms)
+    atoms.calc = potential_teacher.ase_calculator()
+    assert atoms.get_potential_energy() == pytest.approx(float(labels["energy"]), abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), labels["forces"], atol=1e-10)

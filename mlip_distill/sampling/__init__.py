@@ -2,7 +2,7 @@
 
 ``seeds.py`` reads or builds the seeds; ``perturb.py`` rattles and strains them; ``defects.py``
 removes atoms (vacancies); ``relax.py`` runs rattle–relax–repeat and ``dynamics.py`` Langevin MD
-with the teacher (through ``teacher_calculator.py``); ``contacts.py`` rejects structures with
+with the teacher (through :meth:`~mlip_distill.teachers.base.Teacher.ase_calculator`); ``contacts.py`` rejects structures with
 atoms too close; ``plan.py`` composes the generators from one mapping.
 """
 
@@ -20,13 +20,11 @@ from mlip_distill.sampling.perturb import (
 from mlip_distill.sampling.plan import SamplingPlan, sample_plan, sample_plan_file
 from mlip_distill.sampling.relax import boltzmann_weights, rattle_relax
 from mlip_distill.sampling.seeds import bulk_crystal, parse_supercell, seed_structures
-from mlip_distill.sampling.teacher_calculator import TeacherCalculator
 
 __all__ = [
     "CloseContactCheck",
     "SamplingError",
     "SamplingPlan",
-    "TeacherCalculator",
     "boltzmann_weights",
     "bulk_crystal",
     "has_close_contact",

@@ -16,7 +16,6 @@ from mlip_distill.md.langevin import langevin_dynamics
 from mlip_distill.sampling.contacts import CloseContactCheck
 from mlip_distill.sampling.errors import SamplingError
 from mlip_distill.sampling.perturb import RandomSource, bare_copy, seed_cells
-from mlip_distill.sampling.teacher_calculator import TeacherCalculator
 from mlip_distill.teachers.base import Teacher
 
 #: Langevin friction, 1/fs: a thermostat relaxation time of 50 fs, short enough for a seed to
@@ -85,7 +84,7 @@ def teacher_md(
     check_md_settings(temperatures, frames, interval, equilibration, timestep_fs)
     bases = seed_cells(seeds, supercell)
     rng = np.random.default_rng(rng)
-    calculator = TeacherCalculator(teacher)
+    calculator = teacher.ase_calculator()
     sampled: list[Atoms] = []
     for temperature in temperatures:
         check = CloseContactCheck(min_distance, md_config_type(temperature))

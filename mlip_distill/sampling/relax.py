@@ -19,7 +19,6 @@ from ase.optimize import BFGS, FIRE
 from mlip_distill.sampling.contacts import CloseContactCheck
 from mlip_distill.sampling.errors import SamplingError
 from mlip_distill.sampling.perturb import RandomSource, bare_copy, rattle, seed_cells
-from mlip_distill.sampling.teacher_calculator import TeacherCalculator
 from mlip_distill.teachers.base import Teacher
 
 #: ``info["config_type"]`` of frames made by :func:`rattle_relax`.
@@ -105,7 +104,7 @@ def rattle_relax(
     """
     check_relax_settings(steps, fmax, temperature, optimizer)
     rng = np.random.default_rng(rng)
-    calculator = TeacherCalculator(teacher)
+    calculator = teacher.ase_calculator()
     parents = [
         _Parent(atoms, float(teacher.label(atoms)["energy"]) / len(atoms), index)
         for index, atoms in enumerate(seed_cells(seeds, supercell))

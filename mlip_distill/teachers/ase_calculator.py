@@ -69,6 +69,10 @@ class ASECalculatorTeacher(Teacher):
             raise ValueError(f"hvp_step must be a positive displacement in Å, not {hvp_step}")
         self.hvp_step = float(hvp_step)
 
+    def ase_calculator(self) -> BaseCalculator:
+        """The wrapped calculator itself: MD and relaxations run at its own speed."""
+        return self.calculator
+
     def label(self, atoms: Atoms) -> dict[str, np.ndarray]:
         """Energy (eV), forces (N, 3) eV/Å, stress (6,) eV/Å³ and atomic energies (N,) eV."""
         self.check_elements(atoms.numbers)

@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
+
+from mlip_distill.teachers.calculator import TeacherCalculator
 
 #: Edge of the cubic box that holds an isolated atom, Å. No periodic images are used; the box
 #: only matters to teachers (plane-wave DFT, graph models) that insist on a cell.
@@ -178,6 +181,11 @@ class Teacher(abc.ABC):
             )
             energies[z] = float(self.label(atom)["energy"])
         return energies
+
+    def ase_calculator(self) -> Calculator:
+        """An ASE calculator of this teacher's energy (eV) and forces (eV/Å), to run MD or
+        relaxations with it."""
+        return TeacherCalculator(self)
 
     def provenance(self) -> dict[str, Any]:
         """What the label file records about the teacher, so that labels can be reproduced."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mlip_distill.teachers.base import Teacher
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # base.py imports this module
+    from mlip_distill.teachers.base import Teacher
 
 
 class TeacherCalculator(Calculator):
-    """Energy (eV) and forces (eV/Å) from :meth:`Teacher.label`, for relaxations and MD.
+    """Energy (eV) and forces (eV/Å) from :meth:`Teacher.label`, for relaxations and MD
+    (what :meth:`Teacher.ase_calculator` gives for a teacher without a calculator of its own).
 
     Works for every teacher (an ASE calculator's, a potential package's, DFT), at the cost of
     the labels the teacher computes besides these two.
