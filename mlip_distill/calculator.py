@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ class StudentCalculator(Calculator):
         centres, neighbours = graph.edge_index
         vectors = positions[neighbours] - positions[centres] + graph.cell_shifts @ graph.cell[0]
         within = vectors.square().sum(dim=1) < self.cutoff**2
-        current = graph.clone()
+        current = copy.copy(graph)  # shares the cached tensors; only the fields below are replaced
         current.pos = positions
         current.edge_index = graph.edge_index[:, within]
         current.cell_shifts = graph.cell_shifts[within]
