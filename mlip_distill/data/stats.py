@@ -119,7 +119,7 @@ def compute_statistics(
             if source is None:
                 energies.append(np.nan)
                 continue
-            labels = store.labels(source, index)
+            labels = store.labels(source, index, features=(), hessian=False)
             energies.append(float(labels["energy"]))
             if np.isfinite(labels["forces"]).all():
                 n_with_forces += 1
