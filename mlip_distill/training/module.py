@@ -10,6 +10,7 @@ from torch import nn
 
 from ..losses import TotalLoss
 from ..metrics import ErrorMetrics
+from .schedules import build_schedulers
 
 
 class StudentModule(pl.LightningModule):
@@ -92,20 +93,6 @@ class StudentModule(pl.LightningModule):
         # the loss's own parameters (feature projection heads) train with the student
         parameters = list(self.model.parameters()) + list(self.loss.parameters())
         optimizer = optimizers[name](parameters, **options)
-        return {"optimizer": optimizer, **build_scheduler(optimizer, self.scheduler_options)}
+        schedulers = build_schedulers(optimizer, self.scheduler_options, self.trainer.estimated_stepping_batches)
+        return [optimizer], schedulers
 
-
-def build_scheduler(optimizer: torch.optim.Optimizer, options: Mapping[str, Any]) -> dict:
-    """Lightning's ``lr_scheduler`` entry for ``options['name']``: plateau, cosine or constant."""
-    options = dict(options)
-    name = options.pop("name", "constant")
-    if name == "constant":
-        return {}
-    if name == "plateau":
-        monitor = options.pop("monitor", "val_loss")
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
-        return {"lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}}
-    if name == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **options)
-        return {"lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-    raise ValueError(f"scheduler.name '{name}': expected constant, plateau or cosine")

@@ -27,6 +27,7 @@ from .calibration import refit_e0
 from .callbacks import EpochSummary
 from .checkpoint import AtomicModelCheckpoint, model_state_from_checkpoint
 from .datamodule import LabelFileDataModule
+from .errors import ConfigError
 from .module import StudentModule
 
 CONFIG_MODULE = "mlip_distill.configs"
@@ -62,10 +63,6 @@ def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
     """``runs/<experiment>/<date>-<id>/``, unique even for runs started in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / experiment / f"{stamp}-{secrets.token_hex(3)}"
-
-
-class ConfigError(ValueError):
-    """A training config that cannot run (a required setting left unset, say)."""
 
 
 @dataclass
@@ -115,12 +112,13 @@ def _scales(stats, datamodule: LabelFileDataModule, terms: dict[str, dict[str, A
     return scales
 
 
-def train(config: DictConfig) -> TrainResult:
+def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Train a student as ``config`` says and write its run directory.
 
     The run directory holds ``config.yaml`` (the full resolved config), ``metrics.csv``,
     ``checkpoints/`` (best and last) and ``potential/`` (the exported package, with the
-    best weights on the monitored validation metric).
+    best weights on the monitored validation metric). ``callbacks`` are extra Lightning
+    callbacks (a hyperparameter search's pruning, say).
     """
     missing = sorted(OmegaConf.missing_keys(config))
     if missing:
@@ -160,7 +158,7 @@ def train(config: DictConfig) -> TrainResult:
     loss = build_loss(terms, _scales(stats, datamodule, terms), model=model)
     module = StudentModule(model, loss, config.optimizer, config.scheduler)
 
-    callbacks: list[pl.Callback] = [LearningRateMonitor(logging_interval="step")]
+    callbacks = [LearningRateMonitor(logging_interval="step"), *(callbacks or [])]
     if not trainer_options.get("enable_progress_bar", True):
         callbacks.append(EpochSummary())
     checkpoint = AtomicModelCheckpoint(

@@ -1,0 +1,7 @@
+"""Errors of training that the command line reports in one line."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run (a required setting left unset, say)."""

@@ -1,0 +1,69 @@
+"""Learning-rate schedules: a linear warmup over the first optimiser steps, then cosine
+annealing, reduce-on-plateau or a constant rate.
+
+The warmup is :class:`torch.optim.lr_scheduler.LinearLR`, stepped every optimiser step. It and
+reduce-on-plateau both change the learning rate multiplicatively, so a plateau reduction during
+the warmup is kept rather than overwritten. Cosine annealing follows the warmup in one
+:class:`~torch.optim.lr_scheduler.SequentialLR` and runs over optimiser steps, not epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, SequentialLR
+
+from .errors import ConfigError
+
+SCHEDULES = ("constant", "cosine", "plateau")
+
+
+def _warmup(optimizer: torch.optim.Optimizer, steps: int) -> LinearLR:
+    """``lr * (k + 1) / steps`` at optimiser step k, so the rate reaches ``lr`` at the last
+    warmup step."""
+    return LinearLR(optimizer, start_factor=1.0 / steps, end_factor=1.0, total_iters=max(steps - 1, 1))
+
+
+def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any], total_steps: int) -> list[dict]:
+    """Lightning scheduler configs for ``optimizer`` as the ``scheduler`` config says.
+
+    Args:
+        optimizer: the optimiser whose learning rate is scheduled.
+        options: ``name`` (constant, cosine or plateau), ``warmup_steps`` (0 turns warmup off) and
+            the schedule's own settings: cosine ``eta_min`` (final learning rate) and
+            ``decay_steps`` (null: the rest of the run); plateau ``monitor``, ``factor``,
+            ``patience``, ``min_lr``, ``threshold``.
+        total_steps: optimiser steps of the whole run (Lightning's ``estimated_stepping_batches``),
+            the length of the cosine when ``decay_steps`` is null.
+    Returns:
+        Scheduler configs for ``configure_optimizers``, possibly empty.
+    """
+    options = dict(options)
+    name = str(options.pop("name", "constant")).lower()
+    warmup_steps = int(options.pop("warmup_steps", 0) or 0)
+    if name not in SCHEDULES:
+        raise ConfigError(f"scheduler.name '{name}': expected one of {', '.join(SCHEDULES)}")
+    if warmup_steps < 0:
+        raise ConfigError(f"scheduler.warmup_steps {warmup_steps}: expected 0 or more optimiser steps")
+
+    if name == "cosine":
+        decay_steps = options.pop("decay_steps", None)
+        if decay_steps is None:
+            if not math.isfinite(total_steps):
+                raise ConfigError("scheduler=cosine runs over the whole training: set trainer.max_epochs or scheduler.decay_steps")
+            decay_steps = max(int(total_steps) - warmup_steps, 1)
+        cosine = CosineAnnealingLR(optimizer, T_max=int(decay_steps), **options)
+        if warmup_steps:
+            scheduler = SequentialLR(optimizer, [_warmup(optimizer, warmup_steps), cosine], milestones=[warmup_steps])
+        else:
+            scheduler = cosine
+        return [{"scheduler": scheduler, "interval": "step", "name": "lr"}]
+
+    configs = [{"scheduler": _warmup(optimizer, warmup_steps), "interval": "step"}] if warmup_steps else []
+    if name == "plateau":
+        monitor = options.pop("monitor", "val_loss")
+        plateau = ReduceLROnPlateau(optimizer, **options)
+        configs.append({"scheduler": plateau, "monitor": monitor, "interval": "epoch", "strict": False})
+    return configs
