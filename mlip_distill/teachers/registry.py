@@ -14,6 +14,10 @@ Grammar
     A pretrained SevenNet model by the name ``sevenn`` gives it, e.g. ``sevennet:7net-0``
     (SevenNet-0, 89 elements), with node features and exact Hessian-vector products
     (:class:`~mlip_distill.teachers.sevennet.SevenNetTeacher`; needs the ``sevennet`` extra).
+``chgnet:MODEL``
+    A CHGNet model shipped in the ``chgnet`` wheel, ``chgnet:0.3.0`` (H to Pu) or
+    ``chgnet:r2scan``, with per-atom energies and atom features; molecules are boxed
+    (:class:`~mlip_distill.teachers.chgnet.CHGNetTeacher`; needs the ``chgnet`` extra).
 ``xtb:GFN2`` or ``xtb:GFN1``
     GFN2-xTB or GFN1-xTB tight binding by tblite, H to Rn, with per-atom energies
     (:class:`~mlip_distill.teachers.xtb.XTBTeacher`; needs the ``xtb`` extra).
@@ -50,6 +54,7 @@ from mlip_distill.teachers.potential import PotentialTeacher
 
 POTENTIAL_PREFIX = "potential:"
 SEVENNET_PREFIX = "sevennet:"
+CHGNET_PREFIX = "chgnet:"
 XTB_PREFIX = "xtb:"
 PYSCF_PREFIX = "pyscf:"
 
@@ -79,6 +84,8 @@ def load_teacher(spec: str) -> Teacher:
         return PotentialTeacher(path)
     if spec.startswith(SEVENNET_PREFIX):
         return _sevennet_teacher(spec)
+    if spec.startswith(CHGNET_PREFIX):
+        return _chgnet_teacher(spec)
     if spec.startswith(XTB_PREFIX):
         return _xtb_teacher(spec)
     if spec.startswith(PYSCF_PREFIX):
@@ -132,6 +139,21 @@ def _sevennet_teacher(spec: str) -> Teacher:
             "install it with pip install 'mlip-distill[sevennet]'"
         ) from exc
     return SevenNetTeacher(model)
+
+
+def _chgnet_teacher(spec: str) -> Teacher:
+    """The teacher of ``chgnet:MODEL``; ``chgnet`` is imported only when one is asked for."""
+    model = spec.removeprefix(CHGNET_PREFIX).strip()
+    if not model:
+        raise TeacherError(f"teacher spec '{spec}': expected chgnet:MODEL, e.g. chgnet:0.3.0")
+    try:
+        from mlip_distill.teachers.chgnet import CHGNetTeacher
+    except ImportError as exc:
+        raise TeacherError(
+            f"teacher spec '{spec}': cannot import chgnet ({exc}); "
+            "install it with pip install 'mlip-distill[chgnet]'"
+        ) from exc
+    return CHGNetTeacher(model)
 
 
 def _xtb_teacher(spec: str) -> Teacher:
