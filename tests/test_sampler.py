@@ -119,3 +119,22 @@ def test_share_of_rank_halves_the_largest_batch_until_counts_match():
     assert share_of_rank(batches, 2, 1) == [[2, 3], [5, 6]]
     with pytest.raises(ValueError, match="3 structures cannot be shared among 4 processes"):
         share_of_rank([[0], [1], [2]], 4, 0)
+
+
+def test_data_module_batches_by_atom_count(tmp_path):
+    """``data.max_atoms_per_batch``: training batches of mixed-size cells stay within the budget."""
+    from conftest import emt_copper_cells, write_label_file
+
+    from mlip_distill.data.errors import DataError
+    from mlip_distill.training.datamodule import LabelFileDataModule
+
+    cells = [cell for repeat in ((1, 1, 1), (2, 1, 1), (2, 2, 1)) for cell in emt_copper_cells(6, repeat=repeat)]
+    path = write_label_file(tmp_path / "mixed.h5", cells)
+    data = LabelFileDataModule(path, "teacher", cutoff=4.0, n_valid=3, max_atoms_per_batch=24)
+    batches = list(data.train_dataloader())
+    assert max(int(batch.n_atoms.sum()) for batch in batches) <= 24
+    seen = sorted(int(i) for batch in batches for i in batch.structure_id)
+    assert seen == sorted(data.train_store_indices)
+    largest = max(data.train_store_indices, key=lambda i: len(cells[i]))
+    with pytest.raises(DataError, match=rf"max_atoms_per_batch=12 is smaller than structure {largest} \(16 atoms\)"):
+        LabelFileDataModule(path, "teacher", cutoff=4.0, n_valid=3, max_atoms_per_batch=12)

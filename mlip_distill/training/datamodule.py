@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import DistributedSampler, Subset
 from torch_geometric.loader import DataLoader
 
 from ..data.dataset import GraphDataset, split_indices
 from ..data.errors import DataError
-from ..data.sampler import SystemBatchSampler
+from ..data.sampler import AtomBudgetBatchSampler, SystemBatchSampler
 from ..data.stats import DatasetStatistics, compute_statistics
 from ..data.store import LabelStore
 
@@ -33,6 +33,13 @@ class LabelFileDataModule(pl.LightningDataModule):
         conformers_per_system: when set, training batches hold this many structures of one
             system at a time (:class:`~mlip_distill.data.sampler.SystemBatchSampler`), for
             losses that compare conformers.
+        max_atoms_per_batch: when set, training batches are filled up to this many atoms
+            (:class:`~mlip_distill.data.sampler.AtomBudgetBatchSampler`) instead of holding
+            ``batch_size`` structures, to keep memory flat when structure sizes vary.
+
+    While a Lightning trainer runs, each data-parallel process loads its own share of the
+    batches (so the trainer needs ``use_distributed_sampler=False``); the training order comes
+    from ``seed`` and the epoch, so one process and several step through the same global batches.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class LabelFileDataModule(pl.LightningDataModule):
         hessian: bool = False,
         conformers_per_system: int = 0,
         valid_indices: list[int] | None = None,
+        max_atoms_per_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -62,6 +70,9 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.valid_batch_size = valid_batch_size or batch_size
         self.num_workers = num_workers
         self.conformers_per_system = conformers_per_system
+        self.max_atoms_per_batch = max_atoms_per_batch
+        if max_atoms_per_batch and conformers_per_system:
+            raise DataError("data.max_atoms_per_batch and data.conformers_per_system cannot both be set")
         self.seed = seed
         dataset = GraphDataset(
             self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype,
@@ -80,6 +91,14 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.train_set, self.valid_set = Subset(dataset, train), Subset(dataset, valid)
         self.train_store_indices = [int(dataset.indices[i]) for i in train]
         self.valid_store_indices = [int(dataset.indices[i]) for i in valid]
+        if max_atoms_per_batch:
+            n_atoms = self._store_values("n_atoms")
+            largest = int(np.argmax(n_atoms))
+            if n_atoms[largest] > max_atoms_per_batch:
+                raise DataError(
+                    f"{self.path}: data.max_atoms_per_batch={max_atoms_per_batch} is smaller than structure "
+                    f"{self.train_store_indices[largest]} ({n_atoms[largest]} atoms)"
+                )
 
     def statistics(self, e0_from: str = "isolated") -> DatasetStatistics:
         """E0s, scales and neighbour counts of the training split (never the validation split).
@@ -103,27 +122,38 @@ class LabelFileDataModule(pl.LightningDataModule):
         values = values[np.isfinite(values)]
         return float(np.sqrt(np.mean(values**2))) if values.size else None
 
-    def _loader(self, subset: Subset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            subset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, subset: Subset, **batching: Any) -> DataLoader:
+        return DataLoader(subset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **batching)
+
+    def _processes(self) -> dict[str, int]:
+        """``num_replicas`` and ``rank`` of this data-parallel process while a trainer runs a
+        stage; one process otherwise (evaluation after training sees all the data)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.stage is None:
+            return {"num_replicas": 1, "rank": 0}
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
+
+    def _store_values(self, key: str) -> list[int]:
+        """``system_id`` or ``n_atoms`` of each training structure."""
+        arrays = (self.dataset.store.arrays(i) for i in self.train_store_indices)
+        return [len(a["numbers"]) if key == "n_atoms" else a[key] for a in arrays]
 
     def train_dataloader(self) -> DataLoader:
-        if not self.conformers_per_system:
-            return self._loader(self.train_set, self.batch_size, shuffle=True)
-        system_ids = [self.dataset.store.arrays(i)["system_id"] for i in self.train_store_indices]
-        sampler = SystemBatchSampler(system_ids, self.batch_size, self.conformers_per_system, seed=self.seed)
-        return DataLoader(
-            self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        processes = self._processes()
+        if self.max_atoms_per_batch:
+            n_atoms = self._store_values("n_atoms")
+            sampler = AtomBudgetBatchSampler(n_atoms, self.max_atoms_per_batch, seed=self.seed, **processes)
+            return self._loader(self.train_set, batch_sampler=sampler)
+        if self.conformers_per_system:
+            system_ids = self._store_values("system_id")
+            sampler = SystemBatchSampler(system_ids, self.batch_size, self.conformers_per_system, seed=self.seed, **processes)
+            return self._loader(self.train_set, batch_sampler=sampler)
+        shuffled = DistributedSampler(self.train_set, shuffle=True, seed=self.seed, **processes)
+        return self._loader(self.train_set, batch_size=self.batch_size, sampler=shuffled)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, self.valid_batch_size, shuffle=False)
+        in_order = DistributedSampler(self.valid_set, shuffle=False, **self._processes())
+        return self._loader(self.valid_set, batch_size=self.valid_batch_size, sampler=in_order)
 
     def describe(self) -> dict[str, Any]:
         """What the run was trained on, for the potential's metadata."""
