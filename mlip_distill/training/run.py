@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 import warnings
@@ -15,22 +16,33 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.callbacks import EarlyStopping
 
+from ..checksums import file_sha256
 from ..data.store import LabelStore
 from ..evaluate import evaluate_model
 from ..losses import build_loss
 from ..models import build_model
-from ..package import save_potential
+from ..package import git_commit, library_versions, save_potential
 from .calibration import refit_e0
 from .callbacks import EpochSummary
-from .checkpoint import AtomicModelCheckpoint, model_state_from_checkpoint
+from .checkpoint import (
+    AtomicModelCheckpoint,
+    RunRecord,
+    last_checkpoint,
+    latest_resumable_run,
+    model_state_from_checkpoint,
+)
+from .curves import CurveRecorder, plot_curves, write_curves_csv
 from .datamodule import LabelFileDataModule
+from .ema import WeightAverage
 from .errors import ConfigError
+from .loggers import build_loggers
 from .module import StudentModule
 
 CONFIG_MODULE = "mlip_distill.configs"
+# rank 0 passes its run directory to the data-parallel processes Lightning starts
+RUN_DIR_ENV = "MLIP_DISTILL_RUN_DIR"
 
 
 def _quieten_lightning() -> None:
@@ -112,13 +124,82 @@ def _scales(stats, datamodule: LabelFileDataModule, terms: dict[str, dict[str, A
     return scales
 
 
+def _run_dir_and_checkpoint(config: DictConfig) -> tuple[Path, Path | None]:
+    """The run directory, and the checkpoint to resume from (``resume``: null, auto or a path)."""
+    resume = config.get("resume")
+    if config.run_dir:
+        run_dir = Path(config.run_dir)
+    elif os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        run_dir = Path(os.environ[RUN_DIR_ENV])  # a data-parallel process started by rank 0
+    elif resume == "auto":
+        run_dir = latest_resumable_run(Path("runs") / config.experiment_name) or new_run_dir(config.experiment_name)
+    else:
+        run_dir = new_run_dir(config.experiment_name)
+    if resume in (None, ""):
+        return run_dir, None
+    if resume == "auto":
+        return run_dir, last_checkpoint(run_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+    return run_dir, path
+
+
+def _provenance(config: DictConfig, run_id: str, data_path: Path) -> dict[str, Any]:
+    """What a checkpoint records about its run: id, config, code, libraries and data."""
+    return {
+        "run_id": run_id,
+        "config": OmegaConf.to_container(config, resolve=True),
+        "git_commit": git_commit(),
+        # plain strings (torch's version is a str subclass that weights_only loading refuses)
+        "versions": {name: str(v) for name, v in {**library_versions(), "pytorch_lightning": pl.__version__}.items()},
+        "data": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path)},
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _run_callbacks(config: DictConfig, run_dir: Path, provenance: dict[str, Any], progress_bar: bool):
+    """The stack's callbacks: checkpoints (best, last, every N epochs), provenance and random
+    states, curves, weight average, early stopping and the per-epoch summary line."""
+    best_and_last = AtomicModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode="min", save_last=True
+    )
+    callbacks: list[pl.Callback] = [best_and_last, RunRecord(provenance), CurveRecorder()]
+    every = int(config.checkpoints.every_n_epochs or 0)
+    if every:
+        callbacks.append(AtomicModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
+            every_n_epochs=every, save_top_k=-1,
+        ))
+    if config.ema.enabled:
+        callbacks.append(WeightAverage(config.ema.decay))
+    if config.early_stopping.patience is not None:
+        callbacks.append(EarlyStopping(config.monitor, min_delta=config.early_stopping.min_delta,
+                                       patience=config.early_stopping.patience, mode="min"))
+    if not progress_bar:
+        callbacks.append(EpochSummary())
+    return callbacks
+
+
+def _of_type(callbacks: list[pl.Callback], kind: type):
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
 def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Train a student as ``config`` says and write its run directory.
 
-    The run directory holds ``config.yaml`` (the full resolved config), ``metrics.csv``,
-    ``checkpoints/`` (best and last) and ``potential/`` (the exported package, with the
-    best weights on the monitored validation metric). ``callbacks`` are extra Lightning
-    callbacks (a hyperparameter search's pruning, say).
+    The run directory ``runs/<experiment>/<date>-<id>/`` (its name is the run id) holds
+    ``config.yaml`` (the full resolved config), ``metrics.csv`` and the other loggers' files,
+    ``checkpoints/`` (best, last and every N epochs, each with optimiser, scheduler, weight
+    average, scaler and random states and the run's provenance), ``curves.csv`` and
+    ``curves.png`` (one row per epoch) and ``potential/`` (the exported package: the weight
+    average, or the weights, of the best epoch on the monitored validation metric).
+    ``callbacks`` are extra Lightning callbacks (a hyperparameter search's pruning, say).
     """
     missing = sorted(OmegaConf.missing_keys(config))
     if missing:
@@ -126,9 +207,10 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     start = time.perf_counter()
     _quieten_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    run_dir = Path(config.run_dir) if config.run_dir else new_run_dir(config.experiment_name)
+    run_dir, resume_from = _run_dir_and_checkpoint(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
 
     trainer_options: dict[str, Any] = OmegaConf.to_container(config.trainer, resolve=True)
     float64 = str(trainer_options.get("precision")) in ("64", "64-true")
@@ -156,26 +238,25 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     )
     terms = _complete_loss_spec(terms, datamodule)
     loss = build_loss(terms, _scales(stats, datamodule, terms), model=model)
-    module = StudentModule(model, loss, config.optimizer, config.scheduler)
+    module = StudentModule(model, loss, config.optimizer, config.scheduler, guards=config.guards)
 
-    callbacks = [LearningRateMonitor(logging_interval="step"), *(callbacks or [])]
-    if not trainer_options.get("enable_progress_bar", True):
-        callbacks.append(EpochSummary())
-    checkpoint = AtomicModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode="min", save_last=True
-    )
+    provenance = _provenance(config, run_dir.name, datamodule.path)
+    stack = _run_callbacks(config, run_dir, provenance, trainer_options.get("enable_progress_bar", True))
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        logger=CSVLogger(str(run_dir), name="", version=""),
-        callbacks=[checkpoint, *callbacks],
+        logger=build_loggers(config.get("logger"), run_dir, run_dir.name),
+        callbacks=[*stack, *(callbacks or [])],
         inference_mode=False,
         enable_model_summary=False,
         **trainer_options,
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
+    checkpoint, average = _of_type(stack, AtomicModelCheckpoint), _of_type(stack, WeightAverage)
     if checkpoint.best_model_path:
         model.load_state_dict(model_state_from_checkpoint(checkpoint.best_model_path))
+    elif average is not None:
+        average.swap(module)
     model.eval()
     if config.e0_from == "fit":
         refit_e0(model, datamodule.train_dataloader())
@@ -188,9 +269,14 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
         run_dir / "potential",
         extra={
             "teacher": teacher,
-            "data": {**datamodule.describe(), "statistics": stats.as_dict()},
+            "data": {**datamodule.describe(), "statistics": stats.as_dict(), "sha256": provenance["data"]["sha256"]},
             "errors": {f"valid_vs_{datamodule.source}": metrics},
-            "training": {"config": OmegaConf.to_container(config, resolve=True), "run_dir": str(run_dir)},
+            "training": {"config": provenance["config"], "run_dir": str(run_dir), "run_id": run_dir.name},
         },
     )
+    rows = _of_type(stack, CurveRecorder).rows
+    if trainer.is_global_zero and rows:
+        for folder in (run_dir, potential_dir):
+            write_curves_csv(rows, folder / "curves.csv")
+            plot_curves(rows, folder / "curves.png")
     return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start, datamodule.valid_store_indices)
