@@ -89,24 +89,38 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _md(args: argparse.Namespace) -> None:
-    from ase.io import read
+    import torch
+    from tqdm import tqdm
 
     from .calculator import StudentCalculator
-    from .md.langevin import run_langevin
+    from .data.io import read_structures
+    from .md.report import terminal_summary, write_report
+    from .md.stability import StabilityCriteria
+    from .md.validation import MDSettings, validate_md
     from .teachers import load_teacher
 
-    atoms = read(args.structures, index=0)
-    runs = {"student": run_langevin(atoms, StudentCalculator(args.potential), args.steps, args.temperature, args.timestep)}
-    if args.teacher:
-        teacher = load_teacher(args.teacher)
-        runs["teacher"] = run_langevin(atoms, teacher.ase_calculator(), args.teacher_steps, args.temperature, args.timestep)
-    for name, run in runs.items():
-        print(
-            f"{name:<8} {run.steps} steps of {run.n_atoms} atoms at {args.temperature:.0f} K: "
-            f"{run.steps_per_s:.1f} steps/s, mean T {run.temperatures.mean():.0f} K ({run.threads} threads)"
-        )
-    if "teacher" in runs:
-        print(f"student/teacher speed: {runs['student'].steps_per_s / runs['teacher'].steps_per_s:.1f}x")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    atoms = read_structures(args.structures, index="0")[0]
+    student = StudentCalculator(args.potential)
+    student.potential.check_elements(atoms.numbers, where=f"{args.structures}: structure 0")
+    teacher = load_teacher(args.teacher)
+    teacher.check_elements(atoms.numbers)
+    timestep = MDSettings(timestep_fs=args.timestep).timestep_for(atoms)
+    steps = args.steps or max(1, round(args.ps * 1000 / timestep))
+    nve_steps = max(1, round(args.nve_ps * 1000 / timestep)) if args.nve_ps else steps
+    settings = MDSettings(
+        temperatures=tuple(args.temperatures), seeds=args.seeds, steps=steps, nve_steps=nve_steps,
+        timestep_fs=timestep, friction_per_fs=args.friction, rdf_max=args.rdf_max,
+        criteria=StabilityCriteria(temperature_band=args.temperature_band, min_distance_fraction=args.min_distance_fraction,
+                                   max_bond_stretch=args.max_bond_stretch),
+    )
+    total_steps = len(settings.temperatures) * ((1 + settings.seeds) * steps + 2 * nve_steps)
+    with tqdm(total=total_steps, unit="step", desc="MD", disable=None) as bar:
+        validation = validate_md(atoms, student, teacher.ase_calculator(), settings, on_step=bar.update)
+    write_report(validation, args.out, student=str(args.potential), teacher=args.teacher)
+    print(terminal_summary(json.loads((Path(args.out) / "report.json").read_text())))
+    print(f"report: {Path(args.out) / 'report.md'}")
 
 
 def _distill(args: argparse.Namespace) -> None:
@@ -266,14 +280,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="also write the errors to this JSON file")
     evaluate.set_defaults(run=_eval)
 
-    md = commands.add_parser("md", help="Langevin MD with a student (and a teacher), with speeds")
+    md = commands.add_parser(
+        "md", help="MD validation of a student against its teacher: stability, drift, structure, speed",
+        description="Run the student and the teacher in one process from the same structure: Langevin NVT at "
+                    "each temperature (one teacher run, --seeds student runs), NVE from the end of those runs, "
+                    "pair distributions and speeds. Writes report.md, report.json and PNG plots to --out.",
+    )
     md.add_argument("potential", help="potential package folder")
-    md.add_argument("--structures", required=True, help="starting structure (first frame of an ASE file)")
-    md.add_argument("--teacher", default=None, help="teacher spec to run beside the student")
-    md.add_argument("--steps", type=int, default=1000, help="student MD steps (default 1000)")
-    md.add_argument("--teacher-steps", type=int, default=200, help="teacher MD steps (default 200)")
-    md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    md.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    md.add_argument("--structures", required=True, help="starting structure (first frame of an ASE-readable file)")
+    md.add_argument("--teacher", required=True,
+                    help="teacher spec: emt, potential:PATH, sevennet:7net-0, xtb:GFN2, package.module:Class(...)")
+    md.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
+    md.add_argument("--temperatures", type=_positive_float, nargs="+", default=[300.0], metavar="K",
+                    help="Langevin temperatures, K (default 300)")
+    md.add_argument("--seeds", type=_positive, default=3, help="student NVT runs per temperature (default 3)")
+    length = md.add_mutually_exclusive_group()
+    length.add_argument("--ps", type=_positive_float, default=2.0, help="length of each NVT run, ps (default 2)")
+    length.add_argument("--steps", type=_positive, default=None, help="length of each NVT run in steps, instead of --ps")
+    md.add_argument("--nve-ps", type=_positive_float, default=None, help="length of each NVE run, ps (default: as NVT)")
+    md.add_argument("--timestep", type=_positive_float, default=None, metavar="FS",
+                    help="time step, fs (default 0.5 with hydrogen in the structure, else 2)")
+    md.add_argument("--friction", type=_positive_float, default=0.01, metavar="PER_FS",
+                    help="Langevin friction, 1/fs (default 0.01)")
+    md.add_argument("--temperature-band", type=_positive_float, default=0.5, metavar="FRACTION",
+                    help="a run fails when its temperature averaged over 100 fs leaves target × (1 ± this) "
+                         "(default 0.5)")
+    md.add_argument("--min-distance-fraction", type=_positive_float, default=0.75, metavar="FRACTION",
+                    help="a run fails when two atoms come closer than this times the shortest distance of "
+                         "their species pair in the teacher's run (default 0.75)")
+    md.add_argument("--max-bond-stretch", type=_positive_float, default=0.5, metavar="Å",
+                    help="molecules: a run fails when a starting bond grows by more than this, Å (default 0.5)")
+    md.add_argument("--rdf-max", type=_positive_float, default=None, metavar="Å",
+                    help="largest distance of the pair distributions, Å (default 6 for periodic systems, "
+                         "1.2 × the molecule's largest distance)")
+    md.add_argument("--threads", type=_positive, default=None,
+                    help="torch threads for both calculators (default: torch's choice); stated in the report")
     md.set_defaults(run=_md)
 
     defaults = _distill_defaults()
@@ -316,6 +357,14 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
 
 

@@ -45,12 +45,13 @@ class StabilityCriteria:
 
 
 def starting_bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bonds of a molecule: atom pairs closer than the sum of ASE's natural (covalent) radii.
+    """Bonds of a molecule: atom pairs closer than 1.2 times the sum of their covalent radii
+    (ASE's natural cutoffs; C-H at 1.09 Å is just above the bare sum, 1.07 Å).
 
     Returns:
         ``first`` (K,), ``second`` (K,) atom indices with first < second, and lengths (K,) in Å.
     """
-    first, second, lengths = neighbor_list("ijd", atoms, natural_cutoffs(atoms))
+    first, second, lengths = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=1.2))
     keep = first < second
     return first[keep], second[keep], lengths[keep]
 
