@@ -129,9 +129,11 @@ def _distill(args: argparse.Namespace) -> None:
     settings = DistillSettings(
         seeds=args.seeds,
         teacher=args.teacher,
-        n_structures=args.n_structures,
+        sampling={**_distill_defaults().sampling, **dict(args.sample)},
         n_valid=args.n_valid,
+        md_structure=args.md_structure,
         md_steps=args.md_steps,
+        teacher_md_steps=args.teacher_md_steps,
         temperature=args.temperature,
         experiment=args.experiment,
         train_overrides=args.overrides,
@@ -141,12 +143,15 @@ def _distill(args: argparse.Namespace) -> None:
     )
     summary = distill(settings, root=args.root)
     errors, md = summary["errors_vs_teacher"], summary["md"]
-    print(f"\nStudent against the teacher on {summary['n_valid']} held-out structures:")
+    stress = errors.get("stress_rmse_mev_per_A3")
+    print(f"\nStudent against the teacher ({args.teacher}) on {summary['n_valid']} held-out structures:")
     print(f"  energy RMSE {errors['energy_rmse_mev_per_atom']:.2f} meV/atom, "
-          f"forces RMSE {errors['forces_rmse_mev_per_A']:.1f} meV/Å")
+          f"forces RMSE {errors['forces_rmse_mev_per_A']:.1f} meV/Å"
+          + (f", stress RMSE {stress:.2f} meV/Å³" if stress is not None else ""))
     print(f"MD ({md['n_atoms']} atoms, Langevin {args.temperature:.0f} K, {md['threads']} threads): "
           f"student {md['student_steps_per_s']:.1f} steps/s over {md['student_steps']} steps, "
-          f"teacher {md['teacher_steps_per_s']:.1f} steps/s")
+          f"teacher {md['teacher_steps_per_s']:.2f} steps/s over {md['teacher_steps']} steps: "
+          f"student {md['student_steps_per_s'] / md['teacher_steps_per_s']:.0f}x faster")
     for entry in summary["rounds"]:
         print(f"on-policy round {entry['round']}: {entry['frames_added']} frames added, forces RMSE "
               f"{entry['errors_vs_teacher']['forces_rmse_mev_per_A']:.1f} meV/Å on held-out structures")
@@ -321,12 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help=f"sample, label, train, evaluate and run MD (default: {DEMO})")
     distill.add_argument("--seeds", default=defaults.seeds, help=f"seed structures (default {defaults.seeds})")
     distill.add_argument("--teacher", default=defaults.teacher, help=f"teacher spec (default {defaults.teacher})")
-    distill.add_argument("--n-structures", type=int, default=defaults.n_structures,
-                         help=f"structures to sample and label (default {defaults.n_structures})")
+    distill.add_argument("--sample", type=_plan_item, action="append", default=[], metavar="KEY=VALUE",
+                         help="change one setting of the sampling plan (the options of `mlip-distill sample`, "
+                              "with underscores), e.g. --sample rattle_strain=40 --sample md_temperatures=[600,1200]; "
+                              f"default plan: {', '.join(f'{k}={v}' for k, v in defaults.sampling.items())}")
     distill.add_argument("--n-valid", type=int, default=defaults.n_valid,
                          help=f"held-out structures (default {defaults.n_valid})")
+    distill.add_argument("--md-structure", default=defaults.md_structure,
+                         help=f"structure of the closing MD, student and teacher (default {defaults.md_structure})")
     distill.add_argument("--md-steps", type=int, default=defaults.md_steps,
                          help=f"student MD steps (default {defaults.md_steps})")
+    distill.add_argument("--teacher-md-steps", type=int, default=defaults.teacher_md_steps,
+                         help=f"teacher MD steps, for its speed (default {defaults.teacher_md_steps})")
     distill.add_argument("--temperature", type=float, default=defaults.temperature, help="MD temperature, K")
     distill.add_argument("--experiment", default=defaults.experiment,
                          help=f"training experiment config (default {defaults.experiment})")
@@ -342,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("overrides", nargs="*", help="training overrides, e.g. model=painn")
     distill.set_defaults(run=_distill)
     return parser
+
+
+def _plan_item(text: str) -> tuple[str, object]:
+    """An argparse type: ``KEY=VALUE`` of a sampling plan, the value read as YAML (numbers, lists)."""
+    import yaml
+
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    parsed = yaml.safe_load(value)
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
 
 
 def _count(text: str) -> int:

@@ -1,6 +1,7 @@
 """`mlip-distill distill`: sample → label → train → evaluate → MD, in one command.
 
-The defaults are the README's demo: a NequIP-style student of ASE's EMT copper.
+The defaults are the README's demo: a NequIP-style student of SevenNet-0 for bulk diamond silicon,
+from rattled, strained, vacancy and 1,000 K teacher-MD cells.
 
 With ``rounds > 0``, on-policy rounds follow the first training: a committee of students
 (same data and split, different seeds for weights and shuffling) is trained; the first runs
@@ -17,35 +18,54 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
+    from ase import Atoms
+
     from .teachers.base import Teacher
     from .training.run import TrainResult
+
+#: The demo's sampling plan (fields of :class:`~mlip_distill.sampling.plan.SamplingPlan`):
+#: 64-atom cells, rattled (σ 0.02-0.12 Å) and strained (up to 2 %, shear included), with one or
+#: two vacancies, and frames of teacher Langevin MD at 1,000 K.
+DEMO_SAMPLING: dict[str, Any] = {
+    "supercell": "2x2x2",
+    "rattle_strain": 160,
+    "rattle": (0.02, 0.12),
+    "strain": 0.02,
+    "vacancies": 30,
+    "max_vacancies": 2,
+    "md_temperatures": (1000.0,),
+    "md_frames": 20,
+    "md_interval": 5,
+    "md_equilibration": 50,
+    "md_timestep": 2.0,
+}
 
 
 @dataclass
 class DistillSettings:
     """What to distil and how much (the demo's values by default).
 
-    ``temperature`` (K) is that of the MD validation and of on-policy MD. On-policy rounds:
+    ``sampling`` is the sampling plan applied to ``seeds`` (keys and meanings: the fields of
+    :class:`~mlip_distill.sampling.plan.SamplingPlan`); its supercell also applies to the seeds
+    of on-policy MD. ``temperature`` (K) is that of the MD validation and of on-policy MD. On-policy rounds:
     ``rounds`` (0: none), each adding up to ``on_policy_frames`` frames chosen by ``selection``
     (``"disagreement"`` or ``"random"``) from ``on_policy_steps`` steps of MD per seed, sampled
     every ``on_policy_interval`` steps, with a committee of ``committee_size`` students.
     """
 
-    seeds: str = "bulk:Cu:fcc:a=3.61:cubic:2x2x2"
-    teacher: str = "emt"
-    n_structures: int = 200
-    rattle: tuple[float, float] = (0.05, 0.15)
-    max_strain: float = 0.01
+    seeds: str = "bulk:Si:diamond:a=5.43:cubic"
+    teacher: str = "sevennet:7net-0"
+    sampling: Mapping[str, Any] = field(default_factory=lambda: dict(DEMO_SAMPLING))
     n_valid: int = 20
-    md_structure: str = "bulk:Cu:fcc:a=3.61:cubic:3x3x3"
-    md_steps: int = 1000
-    teacher_md_steps: int = 200
+    md_structure: str = "bulk:Si:diamond:a=5.43:cubic:3x3x3"
+    md_steps: int = 500
+    teacher_md_steps: int = 40
     temperature: float = 300.0
     seed: int = 0
-    experiment: str = "cu_emt"
+    experiment: str = "si_sevennet"
     train_overrides: Sequence[str] = field(default_factory=list)
     rounds: int = 0
     committee_size: int = 2
@@ -100,13 +120,12 @@ def _on_policy_round(
     from .package import load_potential
     from .sampling.on_policy import on_policy_frames
     from .sampling.perturb import write_extxyz
-    from .sampling.seeds import seed_structures
     from .teachers.labelling import label_file
 
     round_dir.mkdir()
     sample = on_policy_frames(
         [result.potential_dir for result in committee],
-        seed_structures(settings.seeds),
+        _md_seeds(settings),
         settings.on_policy_frames,
         settings.temperature,
         settings.on_policy_steps,
@@ -147,6 +166,16 @@ def _on_policy_round(
     }
 
 
+def _md_seeds(settings: DistillSettings) -> list[Atoms]:
+    """The seed structures, repeated by the sampling plan's supercell."""
+    from .sampling.plan import as_plan
+    from .sampling.seeds import seed_structures
+
+    supercell = as_plan(settings.sampling).supercell
+    seeds = seed_structures(settings.seeds)
+    return [atoms.repeat(supercell) for atoms in seeds] if supercell else seeds
+
+
 def _log(message: str) -> None:
     print(f"[distill] {message}", flush=True)
 
@@ -158,7 +187,7 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
     from .evaluate import evaluate_store
     from .md.langevin import run_langevin
     from .package import load_potential
-    from .sampling.perturb import sample_file
+    from .sampling.plan import as_plan, sample_plan_file
     from .sampling.seeds import seed_structures
     from .teachers import load_teacher
     from .teachers.labelling import label_file
@@ -166,18 +195,15 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
 
     if settings.rounds and any(item.split("=")[0].lstrip("+~") == "seed" for item in settings.train_overrides):
         raise ValueError("a seed= training override gives every committee member one seed; set DistillSettings.seed")
+    as_plan(settings.sampling)  # a bad plan fails before any work
     start = time.perf_counter()
     run_dir = new_run_dir(settings.experiment, root)
     run_dir.mkdir(parents=True)
     structures_path, labels_path = run_dir / "structures.xyz", run_dir / "labels.h5"
 
-    n_structures = sample_file(
-        settings.seeds, structures_path, settings.n_structures,
-        rattle_sigma=settings.rattle, max_strain=settings.max_strain, seed=settings.seed,
-    )
-    _log(f"sampled {n_structures} structures from {settings.seeds} -> {structures_path}")
-
     teacher = load_teacher(settings.teacher)
+    n_structures = len(sample_plan_file(settings.seeds, structures_path, settings.sampling, teacher, settings.seed))
+    _log(f"sampled {n_structures} structures from {settings.seeds} -> {structures_path}")
     summary_label = label_file(structures_path, teacher, labels_path)
     _log(f"labelled {summary_label.n_labelled} with {settings.teacher} in {summary_label.seconds:.1f} s -> {labels_path}")
 
@@ -209,6 +235,7 @@ def distill(settings: DistillSettings, root: str | Path = "runs") -> dict:
             "student_steps": student_md.steps,
             "student_steps_per_s": student_md.steps_per_s,
             "student_mean_temperature_K": float(student_md.temperatures.mean()),
+            "teacher_steps": teacher_md.steps,
             "teacher_steps_per_s": teacher_md.steps_per_s,
             "threads": student_md.threads,
         },

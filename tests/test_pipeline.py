@@ -10,7 +10,9 @@ from mlip_distill.pipeline import DistillSettings, distill
 def test_distill_runs_every_stage_and_reports(tmp_path):
     settings = DistillSettings(
         seeds="bulk:Cu:fcc:a=3.61:cubic",
-        n_structures=12,
+        teacher="emt",
+        experiment="cu_emt",
+        sampling={"rattle_strain": 12, "rattle": (0.05, 0.15), "strain": 0.01},
         n_valid=3,
         md_structure="bulk:Cu:fcc:a=3.61:cubic",
         md_steps=5,
@@ -37,7 +39,9 @@ def test_distill_with_an_on_policy_round_adds_labelled_frames_and_retrains(tmp_p
 
     settings = DistillSettings(
         seeds="bulk:Cu:fcc:a=3.61:cubic",
-        n_structures=12,
+        teacher="emt",
+        experiment="cu_emt",
+        sampling={"rattle_strain": 12, "rattle": (0.05, 0.15), "strain": 0.01},
         n_valid=3,
         md_structure="bulk:Cu:fcc:a=3.61:cubic",
         md_steps=5,
@@ -66,3 +70,24 @@ def test_distill_with_an_on_policy_round_adds_labelled_frames_and_retrains(tmp_p
     seeds = [json.loads((run_dir / name / "potential/potential.json").read_text())["training"]["config"]["seed"]
              for name in ("round1/train", "round1/train-member1")]
     assert seeds == [0, 1]
+
+
+def test_distill_command_takes_sampling_plan_changes(tmp_path, capsys):
+    from mlip_distill.cli import main
+
+    tiny = ["trainer.max_epochs=1", "trainer.max_time=null", "model.channels=4", "model.num_layers=1"]
+    code = main([
+        "distill", "--seeds", "bulk:Cu:fcc:a=3.61:cubic", "--teacher", "emt", "--experiment", "cu_emt",
+        "--sample", "supercell=null", "--sample", "rattle_strain=6", "--sample", "vacancies=2",
+        "--sample", "md_temperatures=[]", "--sample", "rattle=[0.05,0.1]", "--n-valid", "2",
+        "--md-structure", "bulk:Cu:fcc:a=3.61:cubic", "--md-steps", "3", "--teacher-md-steps", "3", "--root", str(tmp_path), *tiny,
+    ])
+    assert code == 0
+    run_dir = next((tmp_path / "cu_emt").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_structures"] == 8  # 6 rattled-strained + 2 with a vacancy, no MD frames
+    printed = capsys.readouterr().out
+    assert "faster" in printed and summary["potential"] in printed
+
+    assert main(["distill", "--sample", "hot_md=5", "--root", str(tmp_path)]) == 2
+    assert "unknown sampling option hot_md" in capsys.readouterr().err
