@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 QUANTITIES = {
@@ -51,13 +52,20 @@ class ErrorMetrics:
             self._sq[key] += error.square().sum().item()
             self._count[key] += int(valid.sum())
 
-    def compute(self) -> dict[str, float]:
-        """MAE and RMSE in meV units for every quantity that had a valid label."""
+    def compute(self, all_processes: bool = False) -> dict[str, float]:
+        """MAE and RMSE in meV units for every quantity that had a valid label.
+
+        ``all_processes``: under data parallelism, first add up the errors of every process, so
+        that each gets the errors over all the data (every process must then call this together;
+        averaging each process's RMSE instead would be wrong).
+        """
+        sums = torch.tensor([[self._abs[k], self._sq[k], self._count[k]] for k in QUANTITIES], dtype=torch.float64)
+        if all_processes and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
         result = {}
-        for key, unit in QUANTITIES.items():
-            n = self._count[key]
+        for (key, unit), (absolute, squared, n) in zip(QUANTITIES.items(), sums.tolist()):
             if n == 0:
                 continue
-            result[f"{key}_mae_{unit}"] = 1000.0 * self._abs[key] / n
-            result[f"{key}_rmse_{unit}"] = 1000.0 * (self._sq[key] / n) ** 0.5
+            result[f"{key}_mae_{unit}"] = 1000.0 * absolute / n
+            result[f"{key}_rmse_{unit}"] = 1000.0 * (squared / n) ** 0.5
         return result

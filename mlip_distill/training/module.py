@@ -168,23 +168,23 @@ class StudentModule(pl.LightningModule):
         with torch.enable_grad(), frozen(self):
             prediction = self._predict(batch)
             total, _ = self._loss(prediction, batch)
-        self.log("val_loss", total.detach(), batch_size=batch.num_graphs, prog_bar=True)
+        self.log("val_loss", total.detach(), batch_size=batch.num_graphs, prog_bar=True, sync_dist=True)
         self.val_metrics.update(prediction, batch)
 
     def on_train_epoch_start(self) -> None:
         self.train_metrics.reset()
 
     def on_train_epoch_end(self) -> None:
-        metrics = self.train_metrics.compute()
-        self.log_dict({f"train_{k}": v for k, v in metrics.items()}, sync_dist=True)
+        metrics = self.train_metrics.compute(all_processes=True)
+        self.log_dict({f"train_{k}": v for k, v in metrics.items()})
         self.log("nonfinite_steps", float(self.nonfinite.total))
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics.compute()
-        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, sync_dist=True)
+        metrics = self.val_metrics.compute(all_processes=True)
+        self.log_dict({f"val_{k}": v for k, v in metrics.items()})
 
     def configure_optimizers(self):
         options = dict(self.optimizer_options)

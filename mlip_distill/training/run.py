@@ -251,6 +251,8 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
         **trainer_options,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if not trainer.is_global_zero:  # data-parallel processes end with the same model: rank 0 exports it
+        return TrainResult(run_dir, run_dir / "potential", {}, time.perf_counter() - start, datamodule.valid_store_indices)
 
     checkpoint, average = _of_type(stack, AtomicModelCheckpoint), _of_type(stack, WeightAverage)
     if checkpoint.best_model_path:
