@@ -35,6 +35,12 @@ _CALCULATOR_KEYS = {
 }
 # The neighbour search radius, Å, of validate_structure's closest-pair check.
 _SEARCH_CUTOFF = 1.5
+# validate_structures finds the closest pair of structures up to this many atoms from all
+# pairs, many structures at once, in blocks of at most _PAIRS_PER_BLOCK atom pairs.
+_ALL_PAIRS_MAX_ATOMS = 64
+_PAIRS_PER_BLOCK = 1 << 18
+# Shapes of the per-atom labels after the atom axis.
+_PER_ATOM_SHAPES = {"forces": (3,), "atomic_energies": ()}
 _INFO_KEYS = {
     "energy": ("energy", "REF_energy"),
     "stress": ("stress", "REF_stress"),
@@ -54,8 +60,10 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    # ASE reads .xyz as extxyz anyway; naming the format skips its sniffing of the content.
+    format = "extxyz" if path.suffix.lower() in (".xyz", ".extxyz") else None
     try:
-        structures = ase.io.read(path, index=index)
+        structures = ase.io.read(path, index=index, format=format)
     except Exception as exc:  # ASE's readers raise anything from KeyError to StopIteration
         raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
     if isinstance(structures, Atoms):
@@ -180,6 +188,130 @@ def validate_structure(
             f"{where}: atoms {min(i, j)} and {max(i, j)} are {distance:.3g} Å apart "
             f"(closer than {min_distance} Å)"
         )
+
+
+def validate_structures(
+    structures: Sequence[Atoms],
+    labels: Sequence[Mapping[str, np.ndarray]],
+    where: Sequence[str],
+    min_distance: float = 0.1,
+) -> None:
+    """:func:`validate_structure` of every structure, vectorised: the same checks and messages,
+    the first invalid structure (in order) raising.
+
+    Whole-input numpy checks clear most structures; only those they cannot clear (a possible
+    problem, or a structure outside the vectorised closest-pair search: more than
+    ``_ALL_PAIRS_MAX_ATOMS`` atoms, periodic along some directions only, a cell thinner than
+    ``2 * min_distance``) go through :func:`validate_structure`, in order.
+
+    Args:
+        structures: S structures.  labels: S label dicts, as from :func:`labels_from_atoms`.
+        where: S message prefixes, e.g. ``"train.xyz: structure 3"``.
+    """
+    if not len(structures) == len(labels) == len(where):
+        raise ValueError(
+            f"{len(structures)} structures, {len(labels)} label sets, {len(where)} names"
+        )
+    if not structures:
+        return
+    n_atoms = np.array([len(atoms) for atoms in structures], dtype=np.int64)
+    suspects = ~clean_labels(labels, n_atoms) | ~_clear_geometry(structures, n_atoms, min_distance)
+    for k in np.flatnonzero(suspects):
+        validate_structure(structures[k], labels[k], where[k], min_distance)
+
+
+def clean_labels(labels: Sequence[Mapping], n_atoms: Sequence[int]) -> np.ndarray:
+    """(S,) bool: the label dicts that :func:`check_labels` would pass and leave as they are,
+    found with a few numpy calls for all S: only known keys, each a float64 array of its
+    canonical shape, finite or entirely NaN. False means "look closer", not "invalid"."""
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    known = set(LABEL_KEYS)
+    clean = np.array([set(label) <= known for label in labels], dtype=bool)
+    for key in LABEL_KEYS:
+        values, owners = [], []
+        for k, label in enumerate(labels):
+            value = label.get(key)
+            if value is None:
+                continue
+            if key in _PER_ATOM_SHAPES:
+                shape = (n_atoms[k], *_PER_ATOM_SHAPES[key])
+            else:
+                shape = (6,) if key == "stress" else ()
+            if getattr(value, "dtype", None) != np.float64 or value.shape != shape:
+                clean[k] = False
+            elif value.size:
+                values.append(value.reshape(-1))
+                owners.append(k)
+        if not values:
+            continue
+        sizes = np.array([value.size for value in values])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        flat = np.concatenate(values)
+        n_nan = np.add.reduceat(np.isnan(flat), starts)
+        n_inf = np.add.reduceat(np.isinf(flat), starts)
+        partly_missing = (n_nan > 0) & (n_nan < sizes)
+        clean[np.asarray(owners)[(n_inf > 0) | partly_missing]] = False
+    return clean
+
+
+def _clear_geometry(
+    structures: Sequence[Atoms], n_atoms: np.ndarray, min_distance: float
+) -> np.ndarray:
+    """(S,) bool: structures proven to have atoms, finite positions and cell, a non-degenerate
+    periodic cell and no two atoms (periodic images included) closer than ``min_distance``.
+
+    The closest-pair search takes every pair (i, j) of a structure at its nearest periodic
+    image, found by wrapping the fractional coordinates of r_j − r_i into [−½, ½]. That is
+    exact for the question asked: an image closer than ``min_distance`` has fractional
+    coordinates below ``min_distance / width`` < ½ in magnitude when every width of the cell
+    (distance between opposite faces) exceeds ``2 * min_distance``, so wrapping finds it; and
+    an atom's own images are a whole width away.
+    """
+    cells = np.stack([atoms.cell.array for atoms in structures])
+    pbc = np.stack([atoms.pbc for atoms in structures])
+    periodic, open_ = pbc.all(axis=1), ~pbc.any(axis=1)
+    clear = (n_atoms > 0) & np.isfinite(cells).all(axis=(1, 2))
+    has_atoms = np.flatnonzero(n_atoms > 0)
+    if len(has_atoms):
+        finite = np.isfinite(np.concatenate([structures[k].positions for k in has_atoms]))
+        starts = np.concatenate([[0], np.cumsum(n_atoms[has_atoms])[:-1]])
+        clear[has_atoms] &= np.logical_and.reduceat(finite.all(axis=1), starts)
+    solid = periodic & clear
+    solid[solid] = np.abs(np.linalg.det(cells[solid])) > 1e-9
+    inverses, widths = np.zeros_like(cells), np.zeros(len(structures))
+    inverses[solid] = np.linalg.inv(cells[solid])
+    # The columns of the inverse are the reciprocal vectors b_k; a width is 1 / |b_k|.
+    widths[solid] = 1.0 / np.linalg.norm(inverses[solid], axis=1).max(axis=1)
+    searchable = clear & (n_atoms <= _ALL_PAIRS_MAX_ATOMS) & (
+        open_ | (solid & (widths > 2 * min_distance))
+    )
+    result = np.zeros(len(structures), dtype=bool)
+    for n in np.unique(n_atoms[searchable]):
+        for wrap in (True, False):
+            group = np.flatnonzero(searchable & (n_atoms == n) & (periodic == wrap))
+            n_blocks = -(-len(group) * n * n // _PAIRS_PER_BLOCK)  # ceiling; 0 when empty
+            for block in np.array_split(group, n_blocks) if n_blocks else ():
+                result[block] = _no_close_pairs(
+                    np.stack([structures[k].positions for k in block]),
+                    cells[block], inverses[block], wrap, min_distance,
+                )
+    return result
+
+
+def _no_close_pairs(
+    positions: np.ndarray, cells: np.ndarray, inverses: np.ndarray, wrap: bool, min_distance: float
+) -> np.ndarray:
+    """(B,) bool: no two atoms closer than ``min_distance``, for B structures of N atoms,
+    positions (B, N, 3) Å, cells and their inverses (B, 3, 3); ``wrap``: periodic (see
+    :func:`_clear_geometry`), else open."""
+    separations = positions[:, None, :, :] - positions[:, :, None, :]  # (B, N, N, 3)
+    if wrap:
+        fractional = np.einsum("bijx,bxy->bijy", separations, inverses)
+        separations = np.einsum("bijx,bxy->bijy", fractional - np.round(fractional), cells)
+    squared = np.einsum("bijx,bijx->bij", separations, separations)
+    n = positions.shape[1]
+    squared[:, np.arange(n), np.arange(n)] = np.inf
+    return (squared >= min_distance**2).all(axis=(1, 2))
 
 
 def write_structures(

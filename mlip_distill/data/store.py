@@ -87,6 +87,7 @@ from mlip_distill.data.errors import DataError
 from mlip_distill.data.graph import HVP_KEYS, LABEL_KEYS
 from mlip_distill.data.io import (
     check_labels,
+    clean_labels,
     labels_from_atoms,
     read_structures,
     validate_structure,
@@ -557,14 +558,17 @@ class LabelStore:
         if len(np.unique(indices)) != len(indices):
             raise ValueError("set_labels: an index appears twice")
         n_atoms = np.diff(self._offsets)
+        required = [{key: value for key, value in label.items() if key in LABEL_KEYS}
+                    for label in labels]
+        # check_labels (one structure at a time) only where the vectorised check is not enough
+        clean = clean_labels(required, n_atoms[indices])
         checked = []
-        for i, label in zip(indices, labels):
+        for i, label, basic, is_clean in zip(indices, labels, required, clean):
             where = f"{self._name}: structure {i}"
-            required = {key: value for key, value in label.items() if key in LABEL_KEYS}
             extras = {key: value for key, value in label.items() if key not in LABEL_KEYS}
             checked.append(
                 {
-                    **check_labels(required, int(n_atoms[i]), where),
+                    **(basic if is_clean else check_labels(basic, int(n_atoms[i]), where)),
                     **_check_optional_labels(extras, int(n_atoms[i]), where),
                 }
             )

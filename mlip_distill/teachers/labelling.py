@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from mlip_distill.checksums import file_sha256
 from mlip_distill.data.errors import DataError
-from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structure
+from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structures
 from mlip_distill.data.store import (
     LabelStore,
     Shard,
@@ -66,6 +66,9 @@ LABEL_STORE_SUFFIXES = (".h5", ".hdf5")
 
 #: Structures per chunk: the unit of resuming and of work handed to a worker process.
 DEFAULT_CHUNK_SIZE = 64
+
+#: Structures whose labels are written to the label file in one go (a memory bound).
+STRUCTURES_PER_WRITE = 4096
 
 #: The sidecar folder of an unfinished run is the label file's name with this suffix.
 PARTS_SUFFIX = ".parts"
@@ -487,16 +490,23 @@ def label_file(
     with LabelStore(out_path, "a", start_from=job.start_from) as store:
         indices = job.write_structures(store)
         store.set_isolated_atoms(source, isolated_atoms)
+        # Chunks go into the store a batch at a time: few, large HDF5 writes, bounded memory.
+        batch_indices: list[np.ndarray] = []
+        batch_labels: list[dict] = []
         for task in tasks:
             chunk = _finished(parts, task)
             if chunk is None:
                 raise DataError(f"{parts.chunk_path(task.number)}: vanished or unreadable; rerun")
             first = task.number * chunk_size
-            store.set_labels(
-                source, indices[first : first + len(task.structures)], chunk.labels, provenance,
-                feature_irreps=feature_irreps, replace=True,
-            )
+            batch_indices.append(indices[first : first + len(task.structures)])
+            batch_labels.extend(chunk.labels)
             chunks.append(dataclasses.replace(chunk, labels=[]))
+            if len(batch_labels) >= STRUCTURES_PER_WRITE or task is tasks[-1]:
+                store.set_labels(
+                    source, np.concatenate(batch_indices), batch_labels, provenance,
+                    feature_irreps=feature_irreps, replace=True,
+                )
+                batch_indices, batch_labels = [], []
         if job.shard is not None:
             store.set_shard(job.shard)
         store.set_labelling_run(run)
@@ -583,17 +593,18 @@ def _ase_file_job(input_path: Path, out_path: Path, shard: Shard | None) -> _Job
     frames = read_structures(input_path)
     structures, frame_indices, reference, reference_isolated_atoms = [], [], [], {}
     for k, atoms in enumerate(frames):
-        where = f"{input_path}: structure {k}"
         labels = labels_from_atoms(atoms)
         # Same convention as import_structures: a lone atom is a reference E0, not a structure.
-        if is_isolated_atom(atoms, where):
+        if is_isolated_atom(atoms, f"{input_path}: structure {k}"):
             if np.isfinite(labels["energy"]):
                 reference_isolated_atoms[int(atoms.numbers[0])] = float(labels["energy"])
             continue
-        validate_structure(atoms, labels, where)
         structures.append(atoms)
         frame_indices.append(k)
         reference.append(labels)
+    validate_structures(
+        structures, reference, [f"{input_path}: structure {k}" for k in frame_indices]
+    )
     out_structures, first_system_id = 0, 0
     if out_path.exists():
         with LabelStore(out_path) as out:
