@@ -65,6 +65,8 @@ class StabilityMonitor:
         target_temperature: K.  timestep_fs: MD time step, fs.
         reference_shortest: shortest distance per species pair (Å) in the teacher's run at this
             temperature; None skips the distance criterion (for the teacher's own run).
+        lower_bound: also fail when the temperature falls below the band (thermostatted runs;
+            an NVE run started at a potential-energy minimum settles at about half its start).
     """
 
     def __init__(
@@ -74,12 +76,14 @@ class StabilityMonitor:
         timestep_fs: float,
         criteria: StabilityCriteria = StabilityCriteria(),
         reference_shortest: dict[tuple[int, int], float] | None = None,
+        lower_bound: bool = True,
     ) -> None:
         self.criteria = criteria
         self.target = float(target_temperature)
         self.window = deque(maxlen=max(1, round(criteria.temperature_window_fs / timestep_fs)))
         self.windows_seen = 0
         self.reference_shortest = reference_shortest
+        self.lower_bound = lower_bound
         self.shortest_seen: dict[tuple[int, int], float] = shortest_distances(atoms)
         self.bonds = starting_bonds(atoms) if not atoms.pbc.any() else None
 
@@ -103,7 +107,7 @@ class StabilityMonitor:
             return f"temperature ran away: {mean:.0f} K averaged over {self.criteria.temperature_window_fs:g} fs"
         # A structure started near its minimum gives about half its kinetic energy to the potential
         # energy at first; the lower bound applies once a whole window has passed after the first.
-        if self.windows_seen > self.window.maxlen and mean < (1 - band) * self.target:
+        if self.lower_bound and self.windows_seen > self.window.maxlen and mean < (1 - band) * self.target:
             return f"temperature fell to {mean:.0f} K averaged over {self.criteria.temperature_window_fs:g} fs"
         return None
 

@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
-from ase import units
 
 from .conservation import drift_ratio, energy_drift
 from .langevin import langevin_dynamics
@@ -181,8 +180,8 @@ def validate_md(
             student_nvt=student_nvt,
             teacher_nve=run.nve(teacher_end, teacher, temperature, nve_steps, reference=None),
             student_nve=run.nve(student_start, student, temperature, nve_steps, reference),
-            teacher_rdf=_distribution(atoms, [teacher_nvt], settings, rdf_max),
-            student_rdf=_distribution(atoms, student_nvt, settings, rdf_max),
+            teacher_rdf=_distribution([teacher_nvt], settings, rdf_max),
+            student_rdf=_distribution(student_nvt, settings, rdf_max),
             nve_start=nve_start,
             run_ps=settings.steps * timestep / 1000.0,
         ))
@@ -203,17 +202,18 @@ class _Runner:
         atoms = atoms.copy()
         atoms.calc = calculator
         dynamics = langevin_dynamics(atoms, temperature, self.timestep_fs, self.settings.friction_per_fs, seed)
-        return self._run(atoms, dynamics, temperature, self.settings.steps, reference)
+        return self._run(atoms, dynamics, temperature, self.settings.steps, reference, thermostat=True)
 
     def nve(self, start: Atoms, calculator: Calculator, temperature: float, steps: int, reference: dict | None) -> Trace:
         atoms = start.copy()
         atoms.calc = calculator
         atoms.set_constraint(FixCom())
         dynamics = VelocityVerlet(atoms, timestep=self.timestep_fs * units.fs)
-        return self._run(atoms, dynamics, temperature, steps, reference)[0]
+        return self._run(atoms, dynamics, temperature, steps, reference, thermostat=False)[0]
 
-    def _run(self, atoms, dynamics, temperature, steps, reference) -> tuple[Trace, Atoms, StabilityMonitor]:
-        monitor = StabilityMonitor(atoms, temperature, self.timestep_fs, self.settings.criteria, reference)
+    def _run(self, atoms, dynamics, temperature, steps, reference, thermostat) -> tuple[Trace, Atoms, StabilityMonitor]:
+        monitor = StabilityMonitor(atoms, temperature, self.timestep_fs, self.settings.criteria, reference,
+                                   lower_bound=thermostat)
         trace = run_monitored(
             atoms, dynamics, steps, monitor, warmup=self.settings.warmup,
             frame_interval=max(1, steps // self.settings.frames_per_run), on_step=self.on_step,
@@ -229,7 +229,7 @@ def _with_velocities(atoms: Atoms, temperature: float, seed: int) -> Atoms:
     return atoms
 
 
-def _distribution(atoms: Atoms, traces: list[Trace], settings: MDSettings, r_max: float) -> PairDistribution | None:
+def _distribution(traces: list[Trace], settings: MDSettings, r_max: float) -> PairDistribution | None:
     """Pair distributions over the frames of ``traces`` after the equilibration part; None
     when there are none."""
     equilibrated = settings.equilibration_fraction * settings.steps * traces[0].timestep_fs / 1000.0
