@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 
 from ..checksums import file_sha256
+from ..data.stats import DatasetStatistics
 from ..data.store import LabelStore
 from ..evaluate import evaluate_model
 from ..losses import build_loss
@@ -190,28 +191,28 @@ def _of_type(callbacks: list[pl.Callback], kind: type):
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
-def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> TrainResult:
-    """Train a student as ``config`` says and write its run directory.
-
-    The run directory ``runs/<experiment>/<date>-<id>/`` (its name is the run id) holds
-    ``config.yaml`` (the full resolved config), ``metrics.csv`` and the other loggers' files,
-    ``checkpoints/`` (best, last and every N epochs, each with optimiser, scheduler, weight
-    average, scaler and random states and the run's provenance), ``curves.csv`` and
-    ``curves.png`` (one row per epoch) and ``potential/`` (the exported package: the weight
-    average, or the weights, of the best epoch on the monitored validation metric).
-    ``callbacks`` are extra Lightning callbacks (a hyperparameter search's pruning, say).
-    """
+def require_complete(config: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the required settings ``config`` leaves unset."""
     missing = sorted(OmegaConf.missing_keys(config))
     if missing:
         raise ConfigError(f"missing required setting(s) {', '.join(missing)}: give them as key=value, e.g. data.path=labels.h5")
-    start = time.perf_counter()
-    _quieten_lightning()
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    run_dir, resume_from = _run_dir_and_checkpoint(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
 
+
+class TrainingSetup(NamedTuple):
+    """What a config trains: the Trainer's options (precision resolved), the data, their
+    statistics, the student and the LightningModule that trains it."""
+
+    trainer_options: dict[str, Any]
+    datamodule: LabelFileDataModule
+    stats: DatasetStatistics
+    model_name: str
+    model: torch.nn.Module
+    module: StudentModule
+
+
+def build_training(config: DictConfig) -> TrainingSetup:
+    """The data module, student, loss and LightningModule of ``config``, untrained (also used
+    by the sanity checks, so that they check what a run trains)."""
     trainer_options: dict[str, Any] = OmegaConf.to_container(config.trainer, resolve=True)
     float64 = str(trainer_options.get("precision")) in ("64", "64-true")
     if float64:
@@ -239,6 +240,30 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     terms = _complete_loss_spec(terms, datamodule)
     loss = build_loss(terms, _scales(stats, datamodule, terms), model=model)
     module = StudentModule(model, loss, config.optimizer, config.scheduler, guards=config.guards)
+    return TrainingSetup(trainer_options, datamodule, stats, model_name, model, module)
+
+
+def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> TrainResult:
+    """Train a student as ``config`` says and write its run directory.
+
+    The run directory ``runs/<experiment>/<date>-<id>/`` (its name is the run id) holds
+    ``config.yaml`` (the full resolved config), ``metrics.csv`` and the other loggers' files,
+    ``checkpoints/`` (best, last and every N epochs, each with optimiser, scheduler, weight
+    average, scaler and random states and the run's provenance), ``curves.csv`` and
+    ``curves.png`` (one row per epoch) and ``potential/`` (the exported package: the weight
+    average, or the weights, of the best epoch on the monitored validation metric).
+    ``callbacks`` are extra Lightning callbacks (a hyperparameter search's pruning, say).
+    """
+    require_complete(config)
+    start = time.perf_counter()
+    _quieten_lightning()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    run_dir, resume_from = _run_dir_and_checkpoint(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
+
+    trainer_options, datamodule, stats, model_name, model, module = build_training(config)
 
     provenance = _provenance(config, run_dir.name, datamodule.path)
     stack = _run_callbacks(config, run_dir, provenance, trainer_options.get("enable_progress_bar", True))
