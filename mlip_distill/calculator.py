@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from torch_geometric.data import Batch
 
 from .data.graph import build_graph
-from .package import Potential, load_potential
+from .package import Potential, PotentialError, load_potential, read_metadata
 
 
 class StudentCalculator(Calculator):
@@ -27,6 +27,10 @@ class StudentCalculator(Calculator):
         device: ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"`` (default: the package's) or ``"float64"``.
         skin: extra neighbour-list radius in Å.
+        compiled: run the compiled student (``True``; an error if the package has none or it
+            cannot run in ``dtype``), the eager one (``False``), or the compiled one where the
+            package has it for this dtype and the CPU (``"auto"``). Both give the same numbers
+            to float32 precision; ``self.compiled`` says which runs.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -37,18 +41,26 @@ class StudentCalculator(Calculator):
         device: str = "cpu",
         dtype: str | None = None,
         skin: float = 1.0,
+        compiled: bool | str = "auto",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if compiled not in (True, False, "auto"):
+            raise ValueError(f"compiled must be True, False or 'auto', not {compiled!r}")
         torch_dtype = getattr(torch, dtype) if dtype else None
         if not isinstance(potential, Potential):
-            potential = load_potential(potential, device=device, dtype=torch_dtype)
+            load_compiled = compiled is True or (compiled == "auto" and _has_compiled(potential, torch_dtype, device))
+            potential = load_potential(potential, device=device, dtype=torch_dtype, compiled=load_compiled)
         elif torch_dtype is not None:
             potential.model.to(dtype=torch_dtype)
+        runnable = potential.compiled is not None and potential.compiled.network_dtype == potential.model.dtype
+        if compiled is True and not runnable:
+            raise PotentialError("this potential has no compiled model loaded in its dtype (load_potential(compiled=True))")
         self.potential = potential
-        self.model = potential.model.to(device)
+        self.compiled = compiled is not False and runnable
+        self.model = (potential.compiled if self.compiled else potential.model).to(device)
         self.device = torch.device(device)
-        self.dtype = next(self.model.parameters()).dtype
+        self.dtype = next(potential.model.parameters()).dtype
         self.cutoff = potential.cutoff
         self.skin = float(skin)
         self.neighbour_list_builds = 0
@@ -100,3 +112,11 @@ class StudentCalculator(Calculator):
         }
         if want_stress:
             self.results["stress"] = output["stress"].detach().cpu().double().numpy()[0]
+
+
+def _has_compiled(directory: str | Path, dtype: torch.dtype | None, device: str) -> bool:
+    """Whether the package holds a compiled model that runs in ``dtype`` on ``device``."""
+    metadata = read_metadata(directory)
+    entry = metadata.get("compiled")
+    wanted = str(dtype).removeprefix("torch.") if dtype else metadata.get("dtype")
+    return bool(entry) and entry.get("dtype") == wanted and torch.device(device).type == "cpu"

@@ -126,11 +126,18 @@ class StudentPotential(nn.Module, ABC):
 
     def atomic_energies(self, batch: Batch, edge_vectors: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-atom energies (N,) eV and node features, from a batch and its edge vectors (E, 3) Å."""
-        species = self.species(batch.numbers)
-        raw, node_features = self.interaction_energies(species, batch.edge_index, edge_vectors)
+        return self.atomic_energies_of_species(self.species(batch.numbers), batch.edge_index, edge_vectors)
+
+    def atomic_energies_of_species(
+        self, species: Tensor, edge_index: Tensor, edge_vectors: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-atom energies (N,) eV and node features from species indices (N,) (already
+        checked, see :meth:`species`), edges (2, E) and edge vectors (E, 3) Å. Free of
+        data-dependent Python branches, so that ``torch.export`` can capture it."""
+        raw, node_features = self.interaction_energies(species, edge_index, edge_vectors)
         energies = self.scale_shift(raw, species)
         if self.zbl is not None:
-            energies = energies + self.zbl(species, batch.edge_index, torch.linalg.norm(edge_vectors, dim=-1))
+            energies = energies + self.zbl(species, edge_index, torch.linalg.norm(edge_vectors, dim=-1))
         return energies, node_features
 
     def forward(
