@@ -683,10 +683,8 @@ def _store_job(input_path: Path, out_path: Path, shard: Shard | None) -> _Job:
 
 
 def _elements_present(numbers_per_structure: Iterable[np.ndarray]) -> set[int]:
-    present: set[int] = set()
-    for numbers in numbers_per_structure:
-        present.update(int(z) for z in np.unique(numbers))
-    return present
+    numbers = list(numbers_per_structure)
+    return {int(z) for z in np.unique(np.concatenate(numbers))} if numbers else set()
 
 
 def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, float]:
