@@ -40,6 +40,7 @@ from .ema import WeightAverage
 from .errors import ConfigError
 from .loggers import build_loggers
 from .module import StudentModule
+from .precision import MIXED, make_autocast_safe
 
 CONFIG_MODULE = "mlip_distill.configs"
 # rank 0 passes its run directory to the data-parallel processes Lightning starts
@@ -237,6 +238,8 @@ def build_training(config: DictConfig) -> TrainingSetup:
         avg_num_neighbors=stats.mean_neighbours,
         **model_options,
     )
+    if str(trainer_options.get("precision")) in (*MIXED, "bf16", "16"):
+        make_autocast_safe(model)
     terms = _complete_loss_spec(terms, datamodule)
     loss = build_loss(terms, _scales(stats, datamodule, terms), model=model)
     module = StudentModule(model, loss, config.optimizer, config.scheduler, guards=config.guards)
