@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# requirements.lock: the exact versions of this environment (after `make test` passes)
+lock: $(STAMP)
+	{ echo "# Exact versions of the environment the tests last passed in (\`pip freeze\`, without mlip-distill)."; \
+	  echo "# torch is the CPU build: pip install -r requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu"; \
+	  $(PIP) freeze --exclude-editable | grep -v '^#' | grep -iv '^mlip.distill'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -49,8 +49,8 @@ def test_bf16_training_runs_in_bfloat16_with_float32_losses(bf16_run):
 
 
 def test_bf16_forces_match_float32(bf16_run, copper_label_file):
-    """Measured here (2 cores, torch 2.13): forces RMS error 3-4 % of the RMS force (0.8-1.8 meV/Å
-    of 60 meV/Å) for this briefly trained 8-channel NequIP student, energy 0.2-0.25 meV/atom; the
+    """Measured here (2 cores, torch 2.13): forces RMS error 3-4 % of the student's RMS force (0.8-1.8 meV/Å
+    absolute) for this briefly trained 8-channel NequIP student, energy 0.2-0.25 meV/atom; the
     bound leaves room for other seeds and libraries."""
     result, _ = bf16_run
     model = load_potential(result.potential_dir).model.float()

@@ -36,6 +36,10 @@ class LabelFileDataModule(pl.LightningDataModule):
         max_atoms_per_batch: when set, training batches are filled up to this many atoms
             (:class:`~mlip_distill.data.sampler.AtomBudgetBatchSampler`) instead of holding
             ``batch_size`` structures, to keep memory flat when structure sizes vary.
+        num_workers: loader processes (0: load in the training process); each is seeded from
+            ``seed_everything(seed, workers=True)``.
+        pin_memory: page-locked batches, for faster copies to a GPU.
+        persistent_workers: keep the loader processes between epochs (with ``num_workers > 0``).
 
     While a Lightning trainer runs, each data-parallel process loads its own share of the
     batches (so the trainer needs ``use_distributed_sampler=False``); the training order comes
@@ -61,6 +65,8 @@ class LabelFileDataModule(pl.LightningDataModule):
         conformers_per_system: int = 0,
         valid_indices: list[int] | None = None,
         max_atoms_per_batch: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -69,6 +75,8 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.valid_batch_size = valid_batch_size or batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
         self.conformers_per_system = conformers_per_system
         self.max_atoms_per_batch = max_atoms_per_batch
         if max_atoms_per_batch and conformers_per_system:
@@ -92,7 +100,7 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.train_store_indices = [int(dataset.indices[i]) for i in train]
         self.valid_store_indices = [int(dataset.indices[i]) for i in valid]
         if max_atoms_per_batch:
-            n_atoms = self._store_values("n_atoms")
+            n_atoms = self.training_values("n_atoms")
             largest = int(np.argmax(n_atoms))
             if n_atoms[largest] > max_atoms_per_batch:
                 raise DataError(
@@ -123,7 +131,8 @@ class LabelFileDataModule(pl.LightningDataModule):
         return float(np.sqrt(np.mean(values**2))) if values.size else None
 
     def _loader(self, subset: Subset, **batching: Any) -> DataLoader:
-        return DataLoader(subset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **batching)
+        return DataLoader(subset, num_workers=self.num_workers, persistent_workers=self.persistent_workers,
+                          pin_memory=self.pin_memory, **batching)
 
     def _processes(self) -> dict[str, int]:
         """``num_replicas`` and ``rank`` of this data-parallel process while a trainer runs a
@@ -133,19 +142,19 @@ class LabelFileDataModule(pl.LightningDataModule):
             return {"num_replicas": 1, "rank": 0}
         return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
-    def _store_values(self, key: str) -> list[int]:
-        """``system_id`` or ``n_atoms`` of each training structure."""
+    def training_values(self, key: str) -> list[int]:
+        """``system_id`` or ``n_atoms`` of each training structure, in training-set order."""
         arrays = (self.dataset.store.arrays(i) for i in self.train_store_indices)
         return [len(a["numbers"]) if key == "n_atoms" else a[key] for a in arrays]
 
     def train_dataloader(self) -> DataLoader:
         processes = self._processes()
         if self.max_atoms_per_batch:
-            n_atoms = self._store_values("n_atoms")
+            n_atoms = self.training_values("n_atoms")
             sampler = AtomBudgetBatchSampler(n_atoms, self.max_atoms_per_batch, seed=self.seed, **processes)
             return self._loader(self.train_set, batch_sampler=sampler)
         if self.conformers_per_system:
-            system_ids = self._store_values("system_id")
+            system_ids = self.training_values("system_id")
             sampler = SystemBatchSampler(system_ids, self.batch_size, self.conformers_per_system, seed=self.seed, **processes)
             return self._loader(self.train_set, batch_sampler=sampler)
         shuffled = DistributedSampler(self.train_set, shuffle=True, seed=self.seed, **processes)
