@@ -58,7 +58,7 @@ def _label(args: argparse.Namespace) -> None:
 
 
 def _merge(args: argparse.Namespace) -> None:
-    from .data.store import merge_shards
+    from .data.shards import merge_shards
 
     count = merge_shards(args.shards, args.out)
     print(f"merged {len(args.shards)} shards, {count} structures -> {args.out}")

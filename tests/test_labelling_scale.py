@@ -20,7 +20,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip_distill.cli import main
 from mlip_distill.data.errors import DataError
-from mlip_distill.data.store import LabelStore, Shard, merge_shards
+from mlip_distill.data.shards import merge_shards
+from mlip_distill.data.store import LabelStore, Shard
 from mlip_distill.teachers import TeacherError, label_file, load_teacher
 from mlip_distill.teachers import labelling
 from mlip_distill.teachers.base import Teacher

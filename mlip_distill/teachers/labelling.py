@@ -20,7 +20,7 @@ torch teachers (``potential:PATH``) use every core from one process and refuse `
 
 ``shard`` (:class:`~mlip_distill.data.store.Shard` ``i/n``) labels the structures at positions
 ``k % n == i`` of the input (isolated atoms left out of the count) into a new label file of just
-those; :func:`~mlip_distill.data.store.merge_shards` joins the n shard files into the file one
+those; :func:`~mlip_distill.data.shards.merge_shards` joins the n shard files into the file one
 run would have written (same structures, order, system ids, labels, Hessian probes, provenance).
 """
 
@@ -48,13 +48,8 @@ from tqdm.auto import tqdm
 from mlip_distill.checksums import file_sha256
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import labels_from_atoms, read_structures, validate_structures
-from mlip_distill.data.store import (
-    LabelStore,
-    Shard,
-    copy_structures,
-    is_isolated_atom,
-    new_system_ids,
-)
+from mlip_distill.data.shards import copy_structures
+from mlip_distill.data.store import LabelStore, Shard, is_isolated_atom, new_system_ids
 from mlip_distill.teachers.ase_calculator import ASECalculatorTeacher
 from mlip_distill.teachers.base import Teacher, TeacherError, probe_vectors
 from mlip_distill.teachers.registry import load_teacher
@@ -404,7 +399,7 @@ def label_file(
         chunk_size: structures per chunk, the unit of resuming and of work for a worker.
         workers: processes that label (ASE-calculator teachers only; module docstring).
         shard: label only this part of the input into ``out_path``, which must not exist; the
-            file records the shard for :func:`~mlip_distill.data.store.merge_shards`.
+            file records the shard for :func:`~mlip_distill.data.shards.merge_shards`.
 
     Raises :class:`TeacherError` for an unknown spec, an unsupported element, a feature layer
     the teacher lacks, or ``workers > 1`` with a teacher that runs in one process, and
