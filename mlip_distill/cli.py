@@ -70,12 +70,25 @@ def _stats(args: argparse.Namespace) -> None:
     print(format_statistics(statistics_for_file(args.file, cutoff=args.cutoff, source=args.source)))
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from .training.run import compose_config, train
 
-    result = train(compose_config(args.overrides, config_dir=args.config_dir))
+    config = compose_config(args.overrides, config_dir=args.config_dir)
+    if args.sanity:
+        from .training.sanity import run_sanity_checks
+
+        report = run_sanity_checks(config)
+        print(report.table())
+        return 0 if report.passed else 1
+    result = train(config)
+    if not result.metrics:  # a data-parallel process other than rank 0, which reports
+        return 0
+    from .training.diagnosis import diagnose_run
+
     print(json.dumps(result.metrics, indent=2))
     print(f"run: {result.run_dir}\npotential: {result.potential_dir}")
+    print(diagnose_run(result.run_dir).summary())
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -274,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config-dir", default=None, help="a folder of your own config groups, searched first")
+    train.add_argument("--sanity", action="store_true",
+                       help="instead of training, run the checks worth running before a long job (loss falls, "
+                            "gradients, validation, exact resume, batching, memory; about 130 steps) and print a "
+                            "pass/fail table; exit status 1 when a check fails")
     train.add_argument("overrides", nargs="*", help="e.g. data.path=labels.h5 model=painn trainer.max_epochs=50")
     train.set_defaults(run=_train)
 
@@ -422,15 +439,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("MLIP_DISTILL_DEBUG"):
-        args.run(args)
-        return 0
+        return args.run(args) or 0
     try:
-        args.run(args)
+        return args.run(args) or 0  # a command returns a non-zero status when its checks fail
     except _user_errors() as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"mlip-distill {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -93,6 +93,12 @@ class SystemBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @property
+    def sampler(self) -> Sampler[list[int]]:
+        """Itself: Lightning sets the epoch of ``batch_sampler.sampler`` before every epoch, and
+        a run resumed from a checkpoint must draw the batches of the epoch it resumes in."""
+        return self
+
     def __len__(self) -> int:
         return _count_of_rank([sum(sizes) for sizes in self.layout], self.num_replicas)
 
@@ -179,6 +185,12 @@ class AtomBudgetBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> Sampler[list[int]]:
+        """Itself: Lightning sets the epoch of ``batch_sampler.sampler`` before every epoch, and
+        a run resumed from a checkpoint must draw the batches of the epoch it resumes in."""
+        return self
 
     def __len__(self) -> int:
         return _count_of_rank([len(sizes) for sizes in self.layout], self.num_replicas)
