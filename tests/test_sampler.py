@@ -138,3 +138,16 @@ def test_data_module_batches_by_atom_count(tmp_path):
     largest = max(data.train_store_indices, key=lambda i: len(cells[i]))
     with pytest.raises(DataError, match=rf"max_atoms_per_batch=12 is smaller than structure {largest} \(16 atoms\)"):
         LabelFileDataModule(path, "teacher", cutoff=4.0, n_valid=3, max_atoms_per_batch=12)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: AtomBudgetBatchSampler(N_ATOMS, 64, seed=4), lambda: SystemBatchSampler(SYSTEM_IDS, 6, 2, seed=4)]
+)
+def test_lightning_sets_the_epoch_of_the_batch_samplers(make):
+    """Lightning calls ``set_epoch`` on ``batch_sampler.sampler``: a run resumed in epoch 3 draws epoch 3's batches."""
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    expected = epochs(make(), 4)[3]
+    resumed = make()
+    _set_sampler_epoch(DataLoader(torch.arange(100), batch_sampler=resumed), 3)
+    assert list(resumed) == expected
