@@ -171,6 +171,19 @@ def _distill(args: argparse.Namespace) -> None:
     print(f"total {summary['total_seconds']:.0f} s; potential written to {summary['potential']}")
 
 
+def _hpo(args: argparse.Namespace) -> None:
+    from .hpo import run_search
+    from .hpo.config import prepare_search
+
+    result = run_search(prepare_search(args.search, args.overrides, out=args.out, config_dir=args.config_dir))
+    print(f"{result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed trials")
+    if result.best_number is not None:
+        params = ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                           for name, value in result.best_params.items())
+        print(f"best: trial {result.best_number}, objective {result.best_value:.4g} ({params})")
+    print(f"results: {result.out / 'SUMMARY.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlip-distill", description="Distil a machine-learned interatomic potential into a small, fast student."
@@ -371,6 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--root", default="runs", help="where run folders go (default runs/)")
     distill.add_argument("overrides", nargs="*", help="training overrides, e.g. model=painn")
     distill.set_defaults(run=_distill)
+
+    hpo = commands.add_parser(
+        "hpo", help="hyperparameter search over training settings (Optuna TPE or grid; resumable, parallel)",
+        description="Search training settings with Optuna. Every trial is a training run in OUT/trials/; the "
+                    "study lives in OUT/study.db, so the same command resumes an interrupted search, and the "
+                    "same command in several processes shares the work. Results: OUT/trials.csv, best.yaml, "
+                    "history.png, importance.png, SUMMARY.md.",
+        epilog=_search_list(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    hpo.add_argument("--search", default="default",
+                     help="a search of the hpo config group (its space, objective, sampler and budgets; default default)")
+    hpo.add_argument("--out", default=None, help="the search's folder (default runs/hpo/<search>)")
+    hpo.add_argument("--config-dir", default=None, help="a folder of your own config groups, searched first")
+    hpo.add_argument("overrides", nargs="*",
+                     help="hpo.KEY=VALUE changes the search (hpo.n_trials=40, hpo.sampler.name=grid, "
+                          "hpo.space.lr.high=0.05, ~hpo.space.cutoff, "
+                          "'hpo.objective=val_forces_mae_mev_per_A+0.5*val_energy_mae_mev_per_atom'); anything "
+                          "else is a training override of every trial (data.path=labels.h5 experiment=cu_emt)")
+    hpo.set_defaults(run=_hpo)
     return parser
 
 
@@ -417,6 +449,12 @@ def _config_group_list() -> str:
     return "\n".join(lines)
 
 
+def _search_list() -> str:
+    from .configs import config_groups
+
+    return "searches (--search NAME): " + ", ".join(config_groups().get("hpo", [])) + "\n"
+
+
 def _distill_defaults():
     from .pipeline import DistillSettings
 
@@ -431,9 +469,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .package import PotentialError
     from .sampling.errors import SamplingError
     from .teachers.base import TeacherError
+    from .hpo.errors import SearchError
     from .training.run import ConfigError
 
-    return (DataError, PotentialError, SamplingError, TeacherError, ConfigError, FileNotFoundError, HydraException, OmegaConfBaseException)
+    return (DataError, PotentialError, SamplingError, TeacherError, ConfigError, SearchError, FileNotFoundError,
+            HydraException, OmegaConfBaseException)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
