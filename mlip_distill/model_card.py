@@ -22,7 +22,7 @@ _ERROR_COLUMNS = (
 )
 # Config keys that say where a run went, not how it was trained.
 _NOT_REPRODUCED = ("run_dir",)
-_PLAIN_STRING = re.compile(r"^[A-Za-z_/.][\w/.:-]*$")
+_PLAIN_STRING = re.compile(r"^[A-Za-z_/.][\w/.-]*$")
 
 
 def model_card(metadata: Mapping[str, Any], curves: bool = False) -> str:
@@ -140,6 +140,8 @@ def _stages(config: Mapping[str, Any] | None) -> list[str]:
     stages = config.get("stages")
     if not stages:
         return ["One stage: the training config has no `stages` list."]
+    if isinstance(stages, Mapping):  # {name: settings}
+        stages = [{"name": name, **(settings or {})} for name, settings in stages.items()]
     lines = []
     for number, stage in enumerate(stages, start=1):
         if isinstance(stage, Mapping):

@@ -224,3 +224,17 @@ def test_export_command_and_its_one_line_errors(run_dir, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "neither a training run folder" in error
     assert read_metadata(out)["quantization"]  # the failed export left the earlier package alone
+
+
+def test_model_card_of_a_bare_record_lists_stages_and_invents_nothing():
+    from mlip_distill.model_card import model_card
+
+    stages = [{"name": "distill", "epochs": 5, "temperature": 4.0}, {"name": "fine-tune", "lr": 1e-4}]
+    card = model_card({"model": {"name": "nequip"}, "elements": [14], "format_version": 2,
+                       "training": {"config": {"stages": stages}}})
+    assert "1. **distill**: epochs=5, temperature=4.0" in card and "2. **fine-tune**: lr=0.0001" in card
+    for section in ("Teacher: unknown", "Training data: unknown", "Errors: unknown",
+                    "Speed against the teacher: unknown", "nequip, unknown (not recorded) parameters"):
+        assert section in card
+    command = next(line for line in card.splitlines() if line.startswith("mlip-distill train"))
+    assert "+stages=[{name:distill,epochs:5,temperature:4.0},{name:fine-tune,lr:0.0001}]" in shlex.split(command)
