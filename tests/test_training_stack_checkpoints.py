@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -46,6 +47,16 @@ def test_checkpoint_holds_states_and_provenance(copper_label_file, tmp_path):
     assert set(run["versions"]) >= {"mlip_distill", "torch", "e3nn", "pytorch_lightning"}
     assert run["git_commit"] is None or len(run["git_commit"]) == 40
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_resuming_with_changed_settings_warns(copper_label_file, tmp_path, caplog):
+    overrides = [f"data.path={copper_label_file}", f"run_dir={tmp_path}", *TINY, "scheduler.warmup_steps=2"]
+    train(compose_config([*overrides, "trainer.max_epochs=1"]))
+    with caplog.at_level(logging.WARNING, logger="mlip_distill.training"):
+        result = train(compose_config([*overrides, "trainer.max_epochs=2", "resume=auto", "optimizer.lr=0.001"]))
+    warnings = [r.getMessage() for r in caplog.records if "settings changed" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].endswith(": optimizer.lr")  # not max_epochs, resume
+    assert len(curves(result.run_dir)) == 2  # one epoch more
 
 
 def test_resume_auto_finds_the_newest_run_with_a_checkpoint(tmp_path):

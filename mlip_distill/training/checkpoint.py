@@ -94,6 +94,19 @@ def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return {**state, **average}
 
 
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (plain nested dicts)."""
+    differences = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differences += config_differences(old, new, f"{name}.")
+        elif old != new:
+            differences.append(name)
+    return differences
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     """``checkpoints/last.ckpt`` of a run directory, if it has one."""
     path = Path(run_dir) / "checkpoints" / LAST

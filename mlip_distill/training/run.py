@@ -30,9 +30,11 @@ from .callbacks import EpochSummary
 from .checkpoint import (
     AtomicModelCheckpoint,
     RunRecord,
+    config_differences,
     last_checkpoint,
     latest_resumable_run,
     model_state_from_checkpoint,
+    read_checkpoint,
 )
 from .curves import CurveRecorder, plot_curves, write_curves_csv
 from .datamodule import LabelFileDataModule
@@ -159,6 +161,22 @@ def _provenance(config: DictConfig, run_id: str, data_path: Path) -> dict[str, A
     }
 
 
+# settings that may change on resuming without changing what is being trained
+RESUMABLE_CHANGES = ("resume", "run_dir", "trainer.max_epochs", "trainer.max_time", "trainer.enable_progress_bar")
+
+
+def _warn_on_changed_settings(checkpoint_path: Path, config: DictConfig) -> None:
+    """Warn when a run resumes with other settings than the checkpoint was trained with."""
+    saved = read_checkpoint(checkpoint_path).get("run", {}).get("config")
+    if saved is None:
+        return
+    changed = [k for k in config_differences(saved, OmegaConf.to_container(config, resolve=True))
+               if k not in RESUMABLE_CHANGES]
+    if changed:
+        logging.getLogger("mlip_distill.training").warning(
+            "resuming %s with settings changed since it was written: %s", checkpoint_path, ", ".join(changed))
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -267,6 +285,8 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
 
     trainer_options, datamodule, stats, model_name, model, module = build_training(config)
+    if resume_from is not None:
+        _warn_on_changed_settings(resume_from, config)
 
     provenance = _provenance(config, run_dir.name, datamodule.path)
     stack = _run_callbacks(config, run_dir, provenance, trainer_options.get("enable_progress_bar", True))
