@@ -101,6 +101,13 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    out = export_run(args.run_dir, args.out, int8=args.int8, compiled=not args.no_compiled)
+    print(f"potential package written to {out}")
+
+
 def _md(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
@@ -314,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16, help="structures per batch (default 16)")
     evaluate.add_argument("--json", default=None, help="also write the errors to this JSON file")
     evaluate.set_defaults(run=_eval)
+
+    export = commands.add_parser(
+        "export", help="a training run's student as a potential package (weights, compiled model, model card)",
+        description="Write the potential package of a training run: weights.safetensors, potential.json, "
+                    "model.pt2 (the compiled student), MODEL_CARD.md and the run's curves.csv/curves.png.",
+    )
+    export.add_argument("run_dir", help="training run folder (runs/<experiment>/<id>) or a potential package")
+    export.add_argument("--out", required=True, help="package folder to write, e.g. potentials/cu-nequip (replaced)")
+    export.add_argument("--int8", action="store_true",
+                        help="store linear and tensor-product weights as int8 with per-channel scales "
+                             "(smaller file; computes in float32, so no faster)")
+    export.add_argument("--no-compiled", action="store_true", help="leave out the compiled model (model.pt2)")
+    export.set_defaults(run=_export)
 
     md = commands.add_parser(
         "md", help="MD validation of a student against its teacher: stability, drift, structure, speed",
