@@ -152,7 +152,7 @@ def _save(figure, path: Path) -> None:
     _replace(path, buffer.getvalue())
 
 
-def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], search: Search, best: FrozenTrial | None) -> str:
+def _summary(trials: Sequence[FrozenTrial], search: Search, best: FrozenTrial | None) -> str:
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     counts = {state: sum(trial.state == state for trial in trials) for state in TrialState}
     lines = [f"# Hyperparameter search '{search.name}'", ""]
@@ -215,7 +215,7 @@ def write_results(study: optuna.Study, search: Search) -> SearchResult:
             link.symlink_to(Path("..") / "best.yaml")
     _plot_history(trials, out / "history.png")
     _plot_importance(study, out / "importance.png")
-    _replace(out / "SUMMARY.md", _summary(study, trials, search, best).encode())
+    _replace(out / "SUMMARY.md", _summary(trials, search, best).encode())
     return SearchResult(
         out=out,
         n_complete=len(complete),

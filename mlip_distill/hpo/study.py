@@ -63,8 +63,6 @@ def _retry(study: optuna.Study, trial: FrozenTrial, n_parameters: int) -> None:
 
 
 def _storage(search: Search) -> optuna.storages.RDBStorage:
-    if search.sqlite_path is not None:
-        search.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
@@ -82,6 +80,7 @@ def _exclusive(search: Search) -> Iterator[None]:
     if search.sqlite_path is None:
         yield
         return
+    search.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     with open(search.sqlite_path.with_name(search.sqlite_path.name + ".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -123,13 +122,13 @@ def _first_difference(ours: Any, theirs: Any, path: str = "") -> str:
     return f"{path}: this search has {ours!r}, the study {theirs!r}"
 
 
-def open_study(search: Search) -> tuple[optuna.Study, int]:
+def open_study(search: Search, storage: optuna.storages.RDBStorage | None = None) -> tuple[optuna.Study, int]:
     """Create the search's study, or load it and check that it belongs to this search.
 
     Returns the study (with this worker's sampler) and this worker's index in it (0 for the
     first worker of a new study). Must be called under :func:`_exclusive`.
     """
-    storage = _storage(search)
+    storage = storage or _storage(search)
     record = search.record()
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if search.name not in names:
@@ -204,13 +203,15 @@ def _next_trial(study: optuna.Study, search: Search) -> optuna.Trial | None:
 
 
 @contextmanager
-def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+def _heartbeat(storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> Iterator[None]:
     """Record the trial's heartbeat while it runs, so that other workers see it is alive."""
     stop = threading.Event()
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
     def beat() -> None:
         while True:
-            study._storage.record_heartbeat(trial._trial_id)  # Optuna's public heartbeat, on the storage
+            storage.record_heartbeat(trial_id)
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 
@@ -223,7 +224,10 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         thread.join()
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, log: Callable[[str], None]) -> None:
+def _run_trial(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, search: Search,
+    log: Callable[[str], None],
+) -> None:
     """Train one trial and tell the study how it went."""
     values = {parameter.name: parameter.suggest(trial) for parameter in search.space}
     overrides = [*search.train_overrides, *(parameter.override(values[parameter.name]) for parameter in search.space)]
@@ -237,7 +241,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, log: Ca
     log(f"trial {trial.number}: {described}")
     start = time.perf_counter()
     try:
-        with _heartbeat(study, trial):
+        with _heartbeat(storage, trial):
             result = train(composed.config, callbacks=[ReportToTrial(trial, search.objective)])
             errors = final_errors(search.objective, result, composed.config.data.path)
             value = search.objective.value(errors)
@@ -276,15 +280,16 @@ def run_search(search: Search, log: Callable[[str], None] = print) -> SearchResu
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search.out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(search):
-        study, _ = open_study(search)
+    with _exclusive(search):  # two workers must not create the database's tables at once
+        storage = _storage(search)
+        study, _ = open_study(search, storage)
     start = time.monotonic()
     while search.max_minutes is None or time.monotonic() - start < 60 * search.max_minutes:
         with _exclusive(search):
             trial = _next_trial(study, search)
         if trial is None:
             break
-        _run_trial(study, trial, search, log)
+        _run_trial(study, storage, trial, search, log)
         with _exclusive(search):
             write_results(study, search)
     with _exclusive(search):
