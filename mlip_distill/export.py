@@ -68,7 +68,7 @@ def export_run(run_dir: str | Path, out: str | Path, int8: bool = False, compile
     try:
         save_potential(potential.model, metadata["model"]["name"], staging, extra, int8=int8, compiled=compiled)
         curves = [name for name in CURVES if _copy_first(name, (source, run_dir), staging)]
-        card = model_card(read_metadata(staging), curves="curves.csv" in curves)
+        card = model_card(read_metadata(staging), curves=curves)
         (staging / CARD).write_text(card)
         _replace_folder(staging, out)
     finally:

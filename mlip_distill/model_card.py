@@ -25,9 +25,9 @@ _NOT_REPRODUCED = ("run_dir",)
 _PLAIN_STRING = re.compile(r"^[A-Za-z_/.][\w/.-]*$")
 
 
-def model_card(metadata: Mapping[str, Any], curves: bool = False) -> str:
+def model_card(metadata: Mapping[str, Any], curves: Sequence[str] = ()) -> str:
     """The Markdown model card of a package with ``metadata`` (its parsed ``potential.json``);
-    ``curves``: whether ``curves.csv`` ships beside it."""
+    ``curves``: the learning-curve files that ship beside it (``curves.csv``, ``curves.png``)."""
     model = metadata.get("model", {})
     hyper = model.get("hyperparameters", {})
     elements = ", ".join(chemical_symbols[z] for z in metadata.get("elements", [])) or UNKNOWN
@@ -70,7 +70,7 @@ def model_card(metadata: Mapping[str, Any], curves: bool = False) -> str:
         "",
         "`weights.safetensors` and `potential.json` (checksums of every file), "
         + ("`model.pt2`, " if metadata.get("compiled") else "")
-        + ("`curves.csv` (learning curves), " if curves else "no learning curves, ")
+        + (f"{' and '.join(f'`{name}`' for name in curves)} (learning curves), " if curves else "no learning curves, ")
         + "this card. Load with `StudentCalculator(\"<this folder>\")`; loading never unpickles.",
     ]
     return "\n".join(lines) + "\n"

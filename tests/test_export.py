@@ -200,6 +200,7 @@ def test_model_card_states_what_is_known_and_marks_the_rest_unknown(package, tra
     assert "Speed against the teacher: unknown" in card
     assert "sampling settings: unknown" in card
     assert "One stage" in card
+    assert "`curves.csv` (learning curves)" in card
 
     # the command in the card composes the very config the run was trained with
     from omegaconf import OmegaConf
