@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,24 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(label_file
     retry = next(row for row in rows if row["retry_of"] == interrupted["number"])
     assert retry["state"] == "complete"
     assert (retry["energy_weight"], retry["forces_weight"]) == (interrupted["energy_weight"], interrupted["forces_weight"])
+
+
+def test_the_trial_of_a_killed_worker_is_run_again(label_file, config_dir, tmp_path):
+    prepared = search("tpe4", label_file, config_dir, tmp_path / "k", "hpo.n_trials=2")
+    prepared.out.mkdir(parents=True)
+    study, _ = open_study(prepared)
+    # what a worker killed mid-trial leaves behind: a running trial of a process that is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    abandoned = study.ask()
+    params = {parameter.name: parameter.suggest(abandoned) for parameter in prepared.space}
+    abandoned.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    result = run_search(prepared)
+    rows = read_trials(tmp_path / "k")
+    assert rows[0]["state"] == "fail" and result.n_complete == 2
+    retry = next(row for row in rows if row["retry_of"] == "0")
+    assert retry["state"] == "complete"
+    assert float(retry["lr"]) == pytest.approx(params["lr"]) and int(retry["batch_size"]) == params["batch_size"]
 
 
 def test_two_worker_processes_share_a_grid_without_duplicates(label_file, config_dir, tmp_path):
