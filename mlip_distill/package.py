@@ -36,7 +36,7 @@ from . import __version__
 from .checksums import file_sha256
 from .compiled import COMPILED_FILE, COMPILED_FORMAT, CompiledStudent, export_network, load_network, save_network
 from .models import build_model
-from .models.quantize import SCHEME, dequantize_state_dict, int8_state_dict
+from .models.quantize import SCHEME, dequantize_state_dict, int8_state_dict, is_prepared
 
 FORMAT = "mlip-distill-potential"
 FORMAT_VERSION = 2
@@ -133,7 +133,13 @@ def save_potential(
             as (the dequantised weights when ``int8``); without it, a stale one is removed.
     Returns:
         The package directory.
+    Raises:
+        ValueError: ``model`` is prepared for quantisation-aware training (its state dict
+            would not load into the architecture): call ``remove_qat(model)`` first and save
+            with ``int8=True`` for the weights it was trained to use.
     """
+    if is_prepared(model):
+        raise ValueError("model is prepared for QAT: remove_qat(model) first, then save with int8=True")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hyperparameters = model.hyperparameters()

@@ -104,13 +104,15 @@ def test_int8_package_loads_runs_and_matches_the_fake_quantised_student(name, tm
         np.testing.assert_allclose(calculator.get_forces(atoms), expected_forces, atol=max(1e-5, 0.01 * quantization_shift))
 
 
-def test_prepare_twice_and_int8_of_a_prepared_model_are_refused():
+def test_prepare_twice_and_saving_a_prepared_model_are_refused(tmp_path):
     model = prepare_qat(student("nequip"))
     assert is_prepared(model)
     with pytest.raises(ValueError, match="already prepared"):
         prepare_qat(model)
     with pytest.raises(ValueError, match="remove_qat"):
         int8_state_dict(model)
+    with pytest.raises(ValueError, match="remove_qat"):
+        save_potential(model, "nequip", tmp_path / "p", int8=True)
     remove_qat(model)
     assert not is_prepared(model)
     assert set(model.state_dict()) == set(student("nequip").state_dict())
