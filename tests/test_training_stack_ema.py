@@ -42,6 +42,10 @@ def test_average_follows_the_recurrence_and_swaps_back():
         average.on_validation_epoch_start(trainer, module)
     average.on_validation_epoch_end(trainer, module)
     torch.testing.assert_close(module.model.weight, weights["weight"])
+    average.on_test_epoch_start(trainer, module)  # testing uses the average too
+    torch.testing.assert_close(module.model.weight, expected["weight"])
+    average.on_test_epoch_end(trainer, module)
+    torch.testing.assert_close(module.model.weight, weights["weight"])
 
     restored = WeightAverage(decay=0.9)
     restored.load_state_dict(average.state_dict())
