@@ -123,3 +123,20 @@ def test_fixed_validation_indices_hold_out_exactly_those(copper_label_file):
     assert len(module.train_store_indices) == 37 and not {3, 5, 30} & set(module.train_store_indices)
     with pytest.raises(DataError, match="valid_indices"):
         LabelFileDataModule(copper_label_file, "teacher", 4.0, valid_indices=[3, 999])
+
+
+def test_split_follows_data_seed_and_training_order_follows_the_run_seed(copper_label_file):
+    """Committee members share a split but must not share a batch order."""
+    from mlip_distill.training.datamodule import LabelFileDataModule
+
+    def first_epoch(shuffle_seed):
+        module = LabelFileDataModule(copper_label_file, "teacher", 4.0, batch_size=4, n_valid=5, seed=0,
+                                     shuffle_seed=shuffle_seed)
+        batches = [batch.structure_id.tolist() for batch in module.train_dataloader()]
+        return module.valid_store_indices, batches
+
+    split_1, order_1 = first_epoch(1)
+    split_2, order_2 = first_epoch(2)
+    assert split_1 == split_2
+    assert order_1 != order_2 and sorted(sum(order_1, [])) == sorted(sum(order_2, []))
+    assert first_epoch(1) == (split_1, order_1)

@@ -40,10 +40,12 @@ class LabelFileDataModule(pl.LightningDataModule):
             ``seed_everything(seed, workers=True)``.
         pin_memory: page-locked batches, for faster copies to a GPU.
         persistent_workers: keep the loader processes between epochs (with ``num_workers > 0``).
+        shuffle_seed: seed of the training order (default ``seed``); the training run passes its
+            own seed, so students that differ only in seed also see different batches.
 
     While a Lightning trainer runs, each data-parallel process loads its own share of the
     batches (so the trainer needs ``use_distributed_sampler=False``); the training order comes
-    from ``seed`` and the epoch, so one process and several step through the same global batches.
+    from ``shuffle_seed`` and the epoch, so one process and several step through the same global batches.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class LabelFileDataModule(pl.LightningDataModule):
         max_atoms_per_batch: int | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -81,7 +84,7 @@ class LabelFileDataModule(pl.LightningDataModule):
         self.max_atoms_per_batch = max_atoms_per_batch
         if max_atoms_per_batch and conformers_per_system:
             raise DataError("data.max_atoms_per_batch and data.conformers_per_system cannot both be set")
-        self.seed = seed
+        self.seed = seed if shuffle_seed is None else shuffle_seed
         dataset = GraphDataset(
             self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype,
             features=tuple(features), hessian=hessian,

@@ -243,6 +243,7 @@ def build_training(config: DictConfig) -> TrainingSetup:
         dtype=torch.float64 if float64 else torch.float32,
         features=(terms["features"]["teacher_layer"],) if "features" in terms else (),
         hessian="hessian" in terms,
+        shuffle_seed=config.seed,
         **data_options,
     )
     stats = datamodule.statistics(config.e0_from)
