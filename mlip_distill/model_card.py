@@ -89,7 +89,8 @@ def _weights_line(metadata: Mapping[str, Any]) -> str:
     if not quantization:
         return f"{metadata.get('dtype', UNKNOWN)}"
     return (f"{len(quantization['weights'])} weight tensors stored as int8 ({quantization['scheme']}), "
-            "dequantised to float when loaded; the rest float")
+            "dequantised to float when loaded; the rest float. The int8 student computes in float, so it "
+            "is smaller on disk but no faster than the float32 one (`benchmarks/quantization.py`)")
 
 
 def _compiled_line(entry: Mapping[str, Any] | None) -> str:
