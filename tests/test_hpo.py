@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -189,7 +190,9 @@ def test_two_worker_processes_share_a_grid_without_duplicates(label_file, config
     out = tmp_path / "shared"
     command = [sys.executable, "-m", "mlip_distill.cli", "hpo", "--search", "grid4", "--config-dir", str(config_dir),
                "--out", str(out), f"data.path={label_file}", *TINY]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on a small machine
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=one_thread)
+               for _ in range(2)]
     outputs = [worker.communicate(timeout=240)[0] for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), outputs
     trials = optuna.load_study(study_name="grid4", storage=f"sqlite:///{out / 'study.db'}").get_trials()

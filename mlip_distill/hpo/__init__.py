@@ -7,6 +7,7 @@
 """
 
 from .errors import SearchError
-from .study import SearchResult, run_search
+from .results import SearchResult
+from .study import run_search
 
 __all__ = ["SearchError", "SearchResult", "run_search"]

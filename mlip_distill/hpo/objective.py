@@ -25,7 +25,9 @@ import optuna
 import pytorch_lightning as pl
 
 from ..data.store import LabelStore
+from ..evaluate import evaluate_store
 from ..metrics import QUANTITIES
+from ..package import load_potential
 from .errors import SearchError
 
 ERRORS = tuple(f"{quantity}_{kind}_{unit}" for quantity, unit in QUANTITIES.items() for kind in ("mae", "rmse"))
@@ -126,9 +128,6 @@ def final_errors(objective: Objective, result, data_path: str | Path) -> dict[st
     """The errors of a finished run's potential, named as objective terms: ``val_*`` from the
     run's own evaluation, ``<source>_*`` against other label sources on the same held-out
     structures (``result`` is a :class:`~mlip_distill.training.run.TrainResult`)."""
-    from ..evaluate import evaluate_store
-    from ..package import load_potential
-
     errors = {f"{LEARNED}_{key}": value for key, value in result.metrics.items()}
     other = sorted({term.labels for term in objective.terms if term.labels != LEARNED})
     if other:

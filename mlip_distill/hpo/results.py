@@ -17,19 +17,29 @@ import io
 import os
 import statistics
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import optuna
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from .config import Search
 
-from .config import Search  # noqa: E402
-from .study import SearchResult  # noqa: E402
+
+@dataclass
+class SearchResult:
+    """Where a search's results are and what it found so far."""
+
+    out: Path
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -92,7 +102,8 @@ def best_config_yaml(best: FrozenTrial, search: Search) -> str:
 
 
 def _plot_history(trials: Sequence[FrozenTrial], path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     pruned = [trial for trial in trials if trial.state == TrialState.PRUNED and trial.intermediate_values]
     axes.scatter([t.number for t in complete], [t.value for t in complete], label="complete", zorder=3)
@@ -131,7 +142,8 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
 
 
 def _plot_importance(study: optuna.Study, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     importances, reason = _importances(study)
     if importances:
         names = list(importances)[::-1]
@@ -144,11 +156,10 @@ def _plot_importance(study: optuna.Study, path: Path) -> None:
     _save(figure, path)
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     _replace(path, buffer.getvalue())
 
 

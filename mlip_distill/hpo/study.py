@@ -23,8 +23,6 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
@@ -34,22 +32,10 @@ from ..training.run import train
 from .config import Search, compose_training
 from .errors import SearchError
 from .objective import ReportToTrial, final_errors
+from .results import SearchResult, write_results
 
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
-
-
-@dataclass
-class SearchResult:
-    """Where a search's results are and what it found so far."""
-
-    out: Path
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    best_number: int | None
-    best_value: float | None
-    best_params: dict[str, Any]
 
 
 def _worker() -> str:
@@ -276,8 +262,6 @@ def run_search(search: Search, log: Callable[[str], None] = print) -> SearchResu
     Results in ``search.out``: ``trials.csv``, ``best.yaml``, ``history.png``,
     ``importance.png`` and ``SUMMARY.md`` (see :mod:`mlip_distill.hpo.results`).
     """
-    from .results import write_results
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search.out.mkdir(parents=True, exist_ok=True)
     with _exclusive(search):  # two workers must not create the database's tables at once
