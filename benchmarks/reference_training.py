@@ -1,0 +1,160 @@
+"""Shared by the reference-data benchmarks (rMD17, AcAc): DFT frames into a label file, a
+student trained on them for a fixed wall-time budget, its errors on a test file, and the
+regeneration of ``benchmarks/README.md`` from the result tables.
+
+Energies in the tables are per molecule (meV), forces per component (meV/Å), as the MACE
+paper reports them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase.io import read, write
+
+from mlip_distill.data.store import import_structures
+from mlip_distill.evaluate import evaluate_file
+from mlip_distill.training.run import TrainResult, compose_config, train
+
+BENCHMARKS = Path(__file__).parent
+RESULTS = BENCHMARKS / "results"
+SHARED_DATA = BENCHMARKS.parent.parent / "shared" / "data"
+
+# A NequIP-style student for small molecules: 3 layers of 16 channels up to l = 1, 5 Å cutoff
+# (narrow, so that a few minutes on 2 cores hold more than a handful of epochs); forces weighted
+# as in the demo, since the MACE-paper tables rank by force error; a short warmup for the same
+# reason as cu_emt's.
+MOLECULE_STUDENT = [
+    "model=nequip", "model.cutoff=5.0", "model.channels=16", "model.l_max=1", "model.num_layers=3",
+    "loss.energy.weight=5.0", "loss.forces.weight=100.0", "data.source=reference", "data.batch_size=4",
+    "scheduler.patience=3", "scheduler.warmup_steps=100", "trainer.max_epochs=100000",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the repository, where the reference data sets live."""
+    return SHARED_DATA
+
+
+def reference_label_file(
+    frames_path: Path, isolated_atoms_path: Path, out: Path, n_frames: int | None = None, seed: int = 0
+) -> tuple[Path, int]:
+    """A label file of ``n_frames`` frames drawn at random (without replacement, ``seed``) from
+    ``frames_path`` (all when None), with DFT labels as source ``reference`` and the isolated-atom
+    energies of ``isolated_atoms_path`` as that source's E0.
+
+    Returns:
+        the label file and the number of frames in it.
+    """
+    frames = read(frames_path, ":")
+    if n_frames is not None and n_frames < len(frames):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(frames), n_frames, replace=False))
+        frames = [frames[k] for k in chosen]
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / "frames.xyz"
+        write(subset, read(isolated_atoms_path, ":") + frames, format="extxyz")
+        import_structures(subset, out, source="reference")
+    return out, len(frames)
+
+
+def train_for(
+    labels: Path, run_dir: Path, minutes: float, n_valid: int, e0_from: str, overrides: Sequence[str] = ()
+) -> TrainResult:
+    """Train :data:`MOLECULE_STUDENT` on the ``reference`` labels for at most ``minutes`` of
+    wall time, ``n_valid`` frames held out to pick the best epoch.
+
+    ``e0_from``: ``isolated`` takes the isolated-atom energies stored with the labels as E0, so
+    the network learns the whole atomisation energy; ``fit`` fits E0 by least squares on the
+    training energies. For frames of one molecule the fit is the isolated-atom E0s plus the mean
+    interaction energy per atom, which is the shift MACE's scale-shift block applies."""
+    seconds = int(round(minutes * 60))
+    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    config = compose_config([
+        *MOLECULE_STUDENT, f"data.path={labels.resolve()}", f"run_dir={run_dir.resolve()}",
+        f"data.n_valid={n_valid}", f"trainer.max_time={budget}", f"e0_from={e0_from}", *overrides,
+    ])
+    return train(config)
+
+
+def epochs_completed(run_dir: Path) -> int:
+    """Epochs that reached validation in a run's ``metrics.csv``."""
+    with open(run_dir / "metrics.csv") as handle:
+        return sum(1 for row in csv.DictReader(handle) if row.get("val_loss"))
+
+
+def errors_on_test_set(potential_dir: Path, test_path: Path, n_atoms: int) -> dict[str, float]:
+    """MAE and RMSE of a student on every frame of ``test_path``: energy in meV per molecule
+    (per-atom error times ``n_atoms``, every frame being the same molecule), forces in meV/Å."""
+    errors = evaluate_file(potential_dir, test_path, sources=["reference"], batch_size=32)["reference"]
+    return {
+        "n_test": errors["n_structures"],
+        "energy_mae_mev": errors["energy_mae_mev_per_atom"] * n_atoms,
+        "energy_rmse_mev": errors["energy_rmse_mev_per_atom"] * n_atoms,
+        "forces_mae_mev_per_A": errors["forces_mae_mev_per_A"],
+        "forces_rmse_mev_per_A": errors["forces_rmse_mev_per_A"],
+    }
+
+
+# Order and titles of the sections of benchmarks/README.md; result tables not listed come last.
+SECTIONS = {
+    "rmd17": "rMD17: students trained on the DFT labels (`python benchmarks/rmd17.py`)",
+    "acac": "Acetylacetone, 300 K (`python benchmarks/acac.py`)",
+    "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
+    "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
+    "labelling_overhead": "Labelling overhead (`python benchmarks/labelling_overhead.py`)",
+}
+
+
+def regenerate_readme() -> Path:
+    """Write ``benchmarks/README.md``: every ``results/*.md`` table under its title."""
+    tables = {path.stem: path.read_text().strip() for path in sorted(RESULTS.glob("*.md"))}
+    order = [name for name in SECTIONS if name in tables] + [name for name in tables if name not in SECTIONS]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by the benchmark scripts from `results/*.md` (each script rewrites this file); do not edit by",
+        "hand. Reference data: `../shared/data` (its README gives the sources and the published numbers).",
+        "Timings and wall-time budgets are on 2 CPU cores that other jobs shared: treat them as rough.",
+    ]
+    for name in order:
+        title = SECTIONS.get(name, f"`{name}` (`results/{name}.md`)")
+        lines += ["", f"## {title}", "", tables[name]]
+    md_reports = sorted(RESULTS.glob("md_*/report.json"))
+    if md_reports:
+        lines += ["", "## MD validation against the teacher (`mlip-distill md`)", "", *md_validation_table(md_reports)]
+    readme = BENCHMARKS / "README.md"
+    temporary = readme.with_suffix(".md.tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(readme)
+    return readme
+
+
+def md_validation_table(reports: Sequence[Path]) -> list[str]:
+    """One row per temperature of each ``mlip-distill md`` report.json, linking to its report."""
+    lines = [
+        "| report | system | T (K) | stable ps per seed | NVE drift (meV/atom/ps) | drift / std(KE) | RDF MAE "
+        "| steps/s student / teacher | threads |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in reports:
+        report = json.loads(path.read_text())
+        link = f"[{path.parent.name}]({path.parent.relative_to(BENCHMARKS)}/report.md)"
+        system = f"{report['structure']['formula']}, {report['timestep_fs']:g} fs"
+        for temperature, r in report["temperatures"].items():
+            stable = ", ".join(f"{ps:.2f}" for ps in r["stable_ps"])
+            lines.append(
+                f"| {link} | {system} | {temperature} | {stable} of {r['run_ps']:g} | {_fmt(r['drift_mev_per_atom_per_ps'])} "
+                f"| {_fmt(r['drift_ratio'])} | {_fmt(r['rdf_mae'])} | {_fmt(r['student_steps_per_s'])} / "
+                f"{_fmt(r['teacher_steps_per_s'])} | {report['threads']} |"
+            )
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
