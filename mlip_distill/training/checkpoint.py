@@ -114,6 +114,9 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def latest_resumable_run(experiment_dir: str | Path) -> Path | None:
-    """The run directory under ``runs/<experiment>/`` whose last checkpoint is newest."""
-    candidates = [p for p in Path(experiment_dir).glob(f"*/checkpoints/{LAST}") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent if candidates else None
+    """The run directory under ``runs/<experiment>/`` whose last checkpoint (of the run, or of
+    one of its stages under ``stages/<n>-<name>/``) is newest."""
+    runs = {p: p.parent.parent for p in Path(experiment_dir).glob(f"*/checkpoints/{LAST}")}
+    runs.update({p: p.parents[3] for p in Path(experiment_dir).glob(f"*/stages/*/checkpoints/{LAST}")})
+    candidates = [p for p in runs if p.is_file()]
+    return runs[max(candidates, key=lambda p: p.stat().st_mtime)] if candidates else None

@@ -11,12 +11,13 @@ from typing import Any, Sequence
 
 import pytorch_lightning as pl
 
-FIRST_COLUMNS = ("epoch", "step", "lr", "grad_norm", "train_loss")
+FIRST_COLUMNS = ("stage", "epoch", "step", "lr", "grad_norm", "train_loss")
 
 
 class CurveRecorder(pl.Callback):
     """Collects one row per epoch: ``epoch``, ``step`` (optimiser steps so far), the epoch means
-    of ``lr``, ``grad_norm``, ``train_loss`` and every ``train_<term>``, and the ``val_*``
+    of ``lr``, ``grad_norm``, ``train_loss``, every ``train_<term>`` and the loss weights
+    ``weight_<term>`` (logged while they ramp between stages), and the ``val_*``
     metrics of the epoch (losses, errors in meV units). Its rows are saved in checkpoints, so a
     resumed run's curves continue the killed run's."""
 
@@ -34,7 +35,7 @@ class CurveRecorder(pl.Callback):
         if outputs is None:  # a skipped step
             return
         for key, value in trainer.callback_metrics.items():
-            if key in ("lr", "grad_norm") or (key.startswith("train_") and "_mev_" not in key):
+            if key in ("lr", "grad_norm") or key.startswith("weight_") or (key.startswith("train_") and "_mev_" not in key):
                 self._sums[key] = self._sums.get(key, 0.0) + float(value)
                 self._counts[key] = self._counts.get(key, 0) + 1
 
@@ -64,8 +65,9 @@ class CurveRecorder(pl.Callback):
 
 
 def write_curves_csv(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
-    """Rows as CSV, columns ``epoch, step, lr, grad_norm, train_loss``, the other ``train_*``,
-    then ``val_*``; a value an epoch lacks is left empty. Written atomically."""
+    """Rows as CSV, columns ``stage`` (multi-stage runs), ``epoch, step, lr, grad_norm,
+    train_loss``, the other ``train_*``, then the rest (``val_*``, ``weight_*``); a value an
+    epoch lacks is left empty. Written atomically."""
     path = Path(path)
     keys = {key for row in rows for key in row}
     columns = [key for key in FIRST_COLUMNS if key in keys]
@@ -81,13 +83,21 @@ def write_curves_csv(rows: Sequence[dict[str, float]], path: str | Path) -> Path
     return path
 
 
+def read_curves_csv(path: str | Path) -> list[dict[str, float]]:
+    """The rows :func:`write_curves_csv` wrote, without the values an epoch lacks."""
+    with open(path, newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(handle)]
+
+
 def _format(value: float) -> str | int:
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
 
 
-def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
+def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, stage_names: Sequence[str] = ()) -> Path:
     """Four panels against the epoch: training loss terms, validation errors (meV units),
-    learning rate and gradient norm (log scales). Written atomically."""
+    learning rate and gradient norm (log scales). Rows with a ``stage`` number get a dashed line
+    where each stage begins, labelled with its name from ``stage_names`` (1-based numbers
+    index it). Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,9 +125,21 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
         axis.set_title(title, fontsize=9)
     for axis in axes[-1]:
         axis.set_xlabel("epoch")
+    _mark_stages(axes.flat, rows, stage_names)
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=100)
     plt.close(figure)
     os.replace(tmp, path)
     return path
+
+
+def _mark_stages(axes, rows: Sequence[dict[str, float]], stage_names: Sequence[str]) -> None:
+    starts = [row for k, row in enumerate(rows) if "stage" in row and (k == 0 or rows[k - 1].get("stage") != row["stage"])]
+    for axis in axes:
+        for row in starts:
+            axis.axvline(row["epoch"] - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            number = int(row["stage"])
+            name = stage_names[number - 1] if number <= len(stage_names) else f"stage {number}"
+            axis.text(row["epoch"] - 0.4, 1.0, name, transform=axis.get_xaxis_transform(), fontsize=7,
+                      va="top", color="grey")

@@ -7,9 +7,9 @@ import os
 import secrets
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,7 @@ from ..data.store import LabelStore
 from ..evaluate import evaluate_model
 from ..losses import build_loss
 from ..models import build_model
+from ..models.quantize import is_prepared, remove_qat
 from ..package import git_commit, library_versions, save_potential
 from .calibration import refit_e0
 from .callbacks import EpochSummary
@@ -83,13 +84,15 @@ def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
 
 @dataclass
 class TrainResult:
-    """Where a run went and what it reached (validation metrics in meV units)."""
+    """Where a run went and what it reached (validation metrics in meV units), and the learning
+    rate of its last optimiser step."""
 
     run_dir: Path
     potential_dir: Path
     metrics: dict[str, float]
     seconds: float
     valid_indices: list[int]
+    final_lr: float | None = field(default=None)
 
 
 def _active_terms(config: DictConfig) -> dict[str, dict[str, Any]]:
@@ -277,15 +280,37 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     ``callbacks`` are extra Lightning callbacks (a hyperparameter search's pruning, say).
     """
     require_complete(config)
+    if config.get("stages"):
+        from .stages import train_stages
+
+        return train_stages(config, callbacks)
+    run_dir, resume_from = _run_dir_and_checkpoint(config)
+    return train_in(config, run_dir, resume_from, callbacks)
+
+
+def train_in(
+    config: DictConfig,
+    run_dir: Path,
+    resume_from: Path | None,
+    callbacks: list[pl.Callback] | None = None,
+    prepare: Callable[[TrainingSetup], list[pl.Callback]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train in ``run_dir`` (continuing from the checkpoint ``resume_from`` when given) as
+    :func:`train` describes. ``prepare`` is called with the untrained setup before the trainer
+    starts (to load weights, freeze parameters, ...) and returns more callbacks; ``extra`` is
+    added to the exported package's metadata. A student prepared for quantisation-aware
+    training is exported with int8 weights."""
     start = time.perf_counter()
     _quieten_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    run_dir, resume_from = _run_dir_and_checkpoint(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
 
-    trainer_options, datamodule, stats, model_name, model, module = build_training(config)
+    setup = build_training(config)
+    trainer_options, datamodule, stats, model_name, model, module = setup
+    prepared = prepare(setup) if prepare is not None else []
     if resume_from is not None:
         _warn_on_changed_settings(resume_from, config)
 
@@ -294,12 +319,13 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=build_loggers(config.get("logger"), run_dir, run_dir.name),
-        callbacks=[*stack, *(callbacks or [])],
+        callbacks=[*stack, *prepared, *(callbacks or [])],
         inference_mode=False,
         enable_model_summary=False,
         **trainer_options,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    final_lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
     if not trainer.is_global_zero:  # data-parallel processes end with the same model: rank 0 exports it
         return TrainResult(run_dir, run_dir / "potential", {}, time.perf_counter() - start, datamodule.valid_store_indices)
 
@@ -312,6 +338,9 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
     if config.e0_from == "fit":
         refit_e0(model, datamodule.train_dataloader())
     metrics = evaluate_model(model, datamodule.val_dataloader())
+    int8 = is_prepared(model)  # the fake-quantised errors above are those of the int8 weights
+    if int8:
+        remove_qat(model)
     with LabelStore(datamodule.path) as store:
         teacher = store.provenance(datamodule.source) if datamodule.source in store.sources() else {}
     potential_dir = save_potential(
@@ -323,11 +352,14 @@ def train(config: DictConfig, callbacks: list[pl.Callback] | None = None) -> Tra
             "data": {**datamodule.describe(), "statistics": stats.as_dict(), "sha256": provenance["data"]["sha256"]},
             "errors": {f"valid_vs_{datamodule.source}": metrics},
             "training": {"config": provenance["config"], "run_dir": str(run_dir), "run_id": run_dir.name},
+            **(extra or {}),
         },
+        int8=int8,
     )
     rows = _of_type(stack, CurveRecorder).rows
     if trainer.is_global_zero and rows:
         for folder in (run_dir, potential_dir):
             write_curves_csv(rows, folder / "curves.csv")
             plot_curves(rows, folder / "curves.png")
-    return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start, datamodule.valid_store_indices)
+    return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start, datamodule.valid_store_indices,
+                       final_lr)

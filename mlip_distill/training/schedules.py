@@ -13,17 +13,24 @@ import math
 from typing import Any, Mapping
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, ReduceLROnPlateau, SequentialLR
 
 from .errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
-def _warmup(optimizer: torch.optim.Optimizer, steps: int) -> LinearLR:
+def _warmup(optimizer: torch.optim.Optimizer, steps: int, start_lr: float | None = None) -> LinearLR | LambdaLR:
     """``lr * (k + 1) / steps`` at optimiser step k, so the rate reaches ``lr`` at the last
-    warmup step."""
-    return LinearLR(optimizer, start_factor=1.0 / steps, end_factor=1.0, total_iters=max(steps - 1, 1))
+    warmup step; with ``start_lr``, a straight line from ``start_lr`` to ``lr`` instead."""
+    total = max(steps - 1, 1)
+    if start_lr is None:
+        return LinearLR(optimizer, start_factor=1.0 / steps, end_factor=1.0, total_iters=total)
+    start = start_lr / optimizer.param_groups[0]["lr"]
+    if 0 < start <= 1:
+        return LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=total)
+    # LinearLR refuses factors above 1: a stage whose rate is below the previous stage's final one ramps down
+    return LambdaLR(optimizer, lambda k: start + (1.0 - start) * min(k / total, 1.0))
 
 
 def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any], total_steps: int) -> list[dict]:
@@ -33,7 +40,9 @@ def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any
         optimizer: the optimiser whose learning rate is scheduled.
         options: ``name`` (constant, cosine or plateau), ``warmup_steps`` (0 turns warmup off) and
             the schedule's own settings: cosine ``eta_min`` (final learning rate) and
-            ``decay_steps`` (null: the rest of the run); plateau ``monitor``, ``factor``,
+            ``decay_steps`` (null: the rest of the run); ``warmup_start_lr`` (set by a
+            stage of a multi-stage run: the warmup starts from the previous stage's final rate
+            instead of from ``lr / warmup_steps``); plateau ``monitor``, ``factor``,
             ``patience``, ``min_lr``, ``threshold``.
         total_steps: optimiser steps of the whole run (Lightning's ``estimated_stepping_batches``),
             the length of the cosine when ``decay_steps`` is null.
@@ -43,6 +52,7 @@ def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any
     options = dict(options)
     name = str(options.pop("name", "constant")).lower()
     warmup_steps = int(options.pop("warmup_steps", 0) or 0)
+    start_lr = options.pop("warmup_start_lr", None)
     if name not in SCHEDULES:
         raise ConfigError(f"scheduler.name '{name}': expected one of {', '.join(SCHEDULES)}")
     if warmup_steps < 0:
@@ -56,12 +66,12 @@ def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any
             decay_steps = max(int(total_steps) - warmup_steps, 1)
         cosine = CosineAnnealingLR(optimizer, T_max=int(decay_steps), **options)
         if warmup_steps:
-            scheduler = SequentialLR(optimizer, [_warmup(optimizer, warmup_steps), cosine], milestones=[warmup_steps])
+            scheduler = SequentialLR(optimizer, [_warmup(optimizer, warmup_steps, start_lr), cosine], milestones=[warmup_steps])
         else:
             scheduler = cosine
         return [{"scheduler": scheduler, "interval": "step", "name": "lr"}]
 
-    configs = [{"scheduler": _warmup(optimizer, warmup_steps), "interval": "step"}] if warmup_steps else []
+    configs = [{"scheduler": _warmup(optimizer, warmup_steps, start_lr), "interval": "step"}] if warmup_steps else []
     if name == "plateau":
         monitor = options.pop("monitor", "val_loss")
         plateau = ReduceLROnPlateau(optimizer, **options)
