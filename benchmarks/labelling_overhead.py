@@ -103,7 +103,9 @@ def bare_times(teacher: Teacher, structures: list[Atoms]) -> tuple[float, float]
 def measure(spec: str, n_structures: int, repeats: int, folder: Path) -> dict:
     """Median (CPU, wall) seconds of each step for one teacher (module docstring)."""
     make, _ = CRYSTALS[spec]
-    path = folder / f"{spec.replace(':', '_')}.xyz"
+    folder = folder / spec.replace(":", "_")
+    folder.mkdir()
+    path = folder / "structures.xyz"
     write_structures(path, rattled_cells(make, n_structures), [{}] * n_structures)
     structures = read_structures(path)
     teacher = load_teacher(spec)
@@ -149,13 +151,13 @@ def table(results: list[dict]) -> list[str]:
     ]
     for result in results:
         cpu = {step: times["cpu_median"] for step, times in result["seconds"].items()}
-        percent = {step: f"{100 * cpu[step] / cpu['bare']:.1f} %" for step in cpu}
+        percent = {step: f"{100 * cpu[step] / cpu['bare']:.2g} %" for step in cpu}
         difference = 100 * (cpu["label_file"] - cpu["bare"]) / cpu["bare"]
         lines.append(
             f"| `{result['teacher']}` ({result['version']}) | {result['structures']} × "
             f"{result['atoms_per_structure']} atoms | {1e3 * cpu['bare'] / result['structures']:.2f}"
             f" | **{percent['machinery']}** | {percent['read']} | {percent['validate']} | "
-            f"{difference:.1f} % |"
+            f"{difference:.2g} % |"
         )
     return lines
 
@@ -171,12 +173,25 @@ def main() -> None:
     parser.add_argument("--structures", type=int, help="cells per teacher (default: per teacher)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
     args = parser.parse_args()
-    results = []
+    # The file keeps the latest measurement of each teacher, so that teachers can be measured
+    # one at a time.
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / "labelling_overhead.json"
+    results = {
+        result["teacher"]: result
+        for result in (json.loads(saved.read_text())["results"] if saved.exists() else [])
+    }
     with tempfile.TemporaryDirectory() as folder:
         for spec in args.teacher or list(CRYSTALS):
             n_structures = args.structures or CRYSTALS[spec][1]
-            results.append(measure(spec, n_structures, args.repeats, Path(folder)))
-    load = os.getloadavg()[0]
+            results[spec] = measure(spec, n_structures, args.repeats, Path(folder))
+            results[spec]["load_average"] = os.getloadavg()[0]
+    saved.write_text(json.dumps({"results": list(results.values())}, indent=1) + "\n")
+    write_report(list(results.values()))
+
+
+def write_report(results: list[dict]) -> None:
+    """``labelling_overhead.md``: the table of ``results`` and how it was measured."""
     lines = [
         *table(results),
         "",
@@ -184,17 +199,19 @@ def main() -> None:
         "the extxyz input, validation, isolated atoms, chunk files, the label file) over the "
         "summed CPU time of the bare `teacher.label` calls; target ≤ 5 %. The last column, the "
         "difference of two full runs, is the same quantity measured with the teacher's own "
-        "run-to-run noise.",
+        "run-to-run noise: on a busy machine a torch teacher's time varies several-fold between "
+        "repeats (its threads wait for cores), which that column inherits and the replay does "
+        "not.",
         "",
         f"Rattled, strained cells, extxyz in, new label file out; one process, default chunk "
-        f"size, no progress bar; {args.repeats} interleaved repeats, medians; load average "
-        f"{load:.1f} on {os.cpu_count()} cores when it finished. "
-        "`python benchmarks/labelling_overhead.py`; every repeat in `labelling_overhead.json`.",
+        f"size, no progress bar; interleaved repeats, medians; load average "
+        + ", ".join(
+            f"{result['load_average']:.1f} ({result['teacher']})" for result in results
+        )
+        + f" on {os.cpu_count()} cores when each finished. "
+        "`python benchmarks/labelling_overhead.py [--teacher SPEC]`; every repeat in "
+        "`labelling_overhead.json`.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "labelling_overhead.json").write_text(
-        json.dumps({"load_average": load, "results": results}, indent=1) + "\n"
-    )
     (RESULTS / "labelling_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
