@@ -22,6 +22,7 @@ from mlip_distill.calculator import StudentCalculator
 from mlip_distill.data.io import labels_from_atoms
 from mlip_distill.data.store import LabelStore
 from mlip_distill.export import export_run
+from mlip_distill.package import load_potential
 from mlip_distill.training.curves import read_curves_csv
 from mlip_distill.training.errors import ConfigError
 from mlip_distill.training.run import compose_config, train
@@ -149,11 +150,18 @@ def test_fine_tune_refits_e0_and_the_qat_export_runs(three_stage_run, cells):
 
 def test_fine_tune_is_skipped_with_a_notice_without_reference_labels(config_dir, cells, tmp_path, capsys):
     path = write_label_file(tmp_path / "teacher_only.h5", cells[:24])
-    result = train(_config(config_dir, path, tmp_path / "run", "data.n_valid=4", "stages.0.trainer.max_epochs=1"))
+    result = train(_config(config_dir, path, tmp_path / "run", "data.n_valid=4", "stages.0.trainer.max_epochs=1",
+                           "+stages.2.freeze=[embedding]"))
     assert "stage 2 (fine-tune): skipped, the label file has no 'reference' labels" in capsys.readouterr().out
     rows = read_curves_csv(result.run_dir / "curves.csv")
     assert sorted({int(r["stage"]) for r in rows}) == [1, 3]
     assert not (result.run_dir / "stages" / "2-fine-tune").exists()
+    # the QAT stage started from the distilled weights (a fresh embedding would be random) and left
+    # the frozen embedding as it was
+    distilled = load_potential(result.run_dir / "stages" / "1-distill" / "potential").model.state_dict()
+    final = load_potential(result.potential_dir).model.state_dict()
+    embedding = [key for key in final if key.startswith("embedding.")]
+    assert embedding and all(torch.equal(final[key], distilled[key]) for key in embedding)
 
 
 def test_a_stage_with_an_unknown_setting_is_a_one_line_error(config_dir, two_source_file, tmp_path):
