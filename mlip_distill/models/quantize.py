@@ -25,6 +25,7 @@ off again, leaving the latent float weights, which :func:`int8_state_dict` turns
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +75,7 @@ def _layout(module: nn.Module) -> ChannelLayout | None:
         for instruction in module.instructions:
             if getattr(instruction, "has_weight", True) and instruction.path_shape:
                 *inputs, n_out = instruction.path_shape
-                blocks.append((int(torch.tensor(inputs).prod()) if inputs else 1, n_out))
+                blocks.append((math.prod(inputs), n_out))
         return ChannelLayout(blocks=tuple(blocks))
     return None
 
