@@ -99,15 +99,14 @@ def stage_config(previous: DictConfig, settings: dict[str, Any], where: str, fol
 
 
 def _freeze(model, prefixes: Sequence[str], where: str) -> None:
-    names = [name for name, _ in model.named_parameters()]
+    parameters = dict(model.named_parameters())
     for prefix in prefixes:
-        matched = [name for name in names if name.startswith(prefix)]
+        matched = [name for name in parameters if name.startswith(prefix)]
         if not matched:
             raise ConfigError(f"{where}: freeze prefix '{prefix}' matches no parameter of the student "
-                              f"(they begin {', '.join(sorted({n.split('.')[0] for n in names}))})")
-        for name, parameter in model.named_parameters():
-            if name in matched:
-                parameter.requires_grad_(False)
+                              f"(they begin {', '.join(sorted({n.split('.')[0] for n in parameters}))})")
+        for name in matched:
+            parameters[name].requires_grad_(False)
 
 
 def _preparation(config: DictConfig, options: dict[str, Any], previous: StageRecord | None, where: str, holder: dict):
