@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,6 +82,18 @@ def write_curves_csv(rows: Sequence[dict[str, float]], path: str | Path) -> Path
             writer.writerow({key: _format(row[key]) if key in row else "" for key in columns})
     os.replace(tmp, path)
     return path
+
+
+def write_curves(rows: Sequence[dict[str, float]], folders: Sequence[str | Path], stage_names: Sequence[str] = ()) -> None:
+    """``curves.csv`` and ``curves.png`` into the first of ``folders``, copied into the others
+    (the plot is drawn once: it takes seconds)."""
+    first = Path(folders[0])
+    written = [write_curves_csv(rows, first / "curves.csv"), plot_curves(rows, first / "curves.png", stage_names)]
+    for folder in folders[1:]:
+        for path in written:
+            tmp = Path(folder) / f"{path.name}.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, Path(folder) / path.name)
 
 
 def read_curves_csv(path: str | Path) -> list[dict[str, float]]:

@@ -37,7 +37,7 @@ from .checkpoint import (
     model_state_from_checkpoint,
     read_checkpoint,
 )
-from .curves import CurveRecorder, plot_curves, write_curves_csv
+from .curves import CurveRecorder, write_curves
 from .datamodule import LabelFileDataModule
 from .ema import WeightAverage
 from .errors import ConfigError
@@ -358,8 +358,6 @@ def train_in(
     )
     rows = _of_type(stack, CurveRecorder).rows
     if trainer.is_global_zero and rows:
-        for folder in (run_dir, potential_dir):
-            write_curves_csv(rows, folder / "curves.csv")
-            plot_curves(rows, folder / "curves.png")
+        write_curves(rows, (run_dir, potential_dir))
     return TrainResult(run_dir, potential_dir, metrics, time.perf_counter() - start, datamodule.valid_store_indices,
                        final_lr)

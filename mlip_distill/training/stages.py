@@ -43,7 +43,7 @@ from ..package import load_potential, save_potential
 from .calibration import refit_e0
 from .callbacks import LossWeightRamp
 from .checkpoint import last_checkpoint
-from .curves import plot_curves, read_curves_csv, write_curves_csv
+from .curves import read_curves_csv, write_curves
 from .errors import ConfigError
 from .run import TrainResult, TrainingSetup, _atomic_write, _run_dir_and_checkpoint, train_in
 
@@ -216,9 +216,7 @@ def _export(config: DictConfig, run_dir: Path, records: list[StageRecord]) -> Pa
                                    int8=metadata.get("quantization") is not None)
     rows = combined_curves(records)
     names = [stage["name"] for stage in OmegaConf.to_container(config.stages, resolve=True)]
-    for folder in (run_dir, potential_dir):
-        write_curves_csv(rows, folder / "curves.csv")
-        plot_curves(rows, folder / "curves.png", stage_names=names)
+    write_curves(rows, (run_dir, potential_dir), stage_names=names)
     return potential_dir
 
 

@@ -1,0 +1,114 @@
+"""The distillation benchmark of ``../shared/data/sevennet_si``: a student trained on 360 silicon
+cells labelled by SevenNet-0, scored on the 40 of ``valid.xyz``, beside what the `sevenn` and
+MACE trainers reach on the same files (numbers from that folder's README, 2 CPU cores, ~11 min).
+
+Errors are root-mean-square per component against the teacher (energy meV/atom, forces meV/Å,
+stress meV/Å³, six Voigt components). Speed: energy + forces + stress per call through each
+model's ASE calculator on rattled diamond cells (64 and 216 atoms), median of 7 calls after 2
+warm-ups, student and SevenNet-0 in this process with the same threads.
+
+    python benchmarks/sevennet_si.py [--minutes 12] [--data ../shared/data/sevennet_si]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.data.store import import_structures
+from mlip_distill.evaluate import evaluate_file
+from mlip_distill.package import load_potential
+from mlip_distill.teachers import load_teacher
+from mlip_distill.training.run import compose_config, train
+
+BENCHMARKS = Path(__file__).parent
+RESULTS = BENCHMARKS / "results"
+DATA = BENCHMARKS.parent.parent / "shared" / "data" / "sevennet_si"
+
+# (name, parameters, wall s, E, F, S, speed-up at 64 / 216 atoms), from the data folder's README
+PEERS = [
+    ("`sevenn train` (32 ch, l_max 1, 2 layers, 4.5 Å)", 29_244, 631, 5.69, 48.5, 1.77, "30.8× / 56×"),
+    ("MACE 0.3.16 (32 ch, max_L 1, 2 interactions, 4.5 Å)", 75_920, 675, 8.32, 28.8, 5.86, "5.6× / 6.0×"),
+]
+
+
+def seconds_per_call(calculator, atoms: Atoms, repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of an energy + forces + stress call on a fresh copy of ``atoms``, s."""
+    times = []
+    for k in range(warmup + repeats):
+        copy = atoms.copy()
+        copy.calc = calculator
+        start = time.perf_counter()
+        copy.get_potential_energy(), copy.get_forces(), copy.get_stress()
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def rattled_diamond(repeat: int, seed: int = 0) -> Atoms:
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with train.xyz and valid.xyz")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training wall-time budget")
+    parser.add_argument("--root", default="runs/benchmarks/sevennet_si", help="where runs are written")
+    parser.add_argument("overrides", nargs="*", help="training overrides on top of experiment=si_sevennet")
+    args = parser.parse_args()
+    root = Path(args.root) / time.strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True)
+    labels = root / "train.h5"
+    import_structures(args.data / "train.xyz", labels, source="teacher")
+    seconds = int(round(args.minutes * 60))
+    config = compose_config([
+        "experiment=si_sevennet", f"data.path={labels.resolve()}", f"run_dir={(root / 'train').resolve()}",
+        "data.n_valid=36", f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
+        "trainer.max_epochs=100000", "trainer.enable_progress_bar=false", *args.overrides,
+    ])
+    result = train(config)
+    errors = evaluate_file(result.potential_dir, args.data / "valid.xyz", sources=["reference"])["reference"]
+
+    student, teacher = StudentCalculator(result.potential_dir), load_teacher("sevennet:7net-0").ase_calculator()
+    speed = {}
+    for repeat in (2, 3):
+        atoms = rattled_diamond(repeat)
+        t_student, t_teacher = seconds_per_call(student, atoms), seconds_per_call(teacher, atoms)
+        speed[len(atoms)] = {"student_ms": 1e3 * t_student, "teacher_ms": 1e3 * t_teacher, "ratio": t_teacher / t_student}
+    n_parameters = sum(p.numel() for p in load_potential(result.potential_dir).model.parameters())
+    record = {
+        "overrides": args.overrides, "minutes": args.minutes, "training_seconds": result.seconds,
+        "n_parameters": n_parameters, "valid": errors, "speed": speed,
+        "threads": torch.get_num_threads(), "potential": str(result.potential_dir),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sevennet_si.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    rows = [
+        "| trainer | parameters | wall time (s) | E RMSE (meV/atom) | F RMSE (meV/Å) | S RMSE (meV/Å³) | speed vs SevenNet-0, 64 / 216 atoms |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {name} | {n:,} | {wall} | {e} | {f} | {s} | {ratio} |" for name, n, wall, e, f, s, ratio in PEERS),
+        f"| mlip-distill (`experiment=si_sevennet` {' '.join(args.overrides)}) | {n_parameters:,} | "
+        f"{result.seconds:.0f} | {errors['energy_rmse_mev_per_atom']:.2f} | {errors['forces_rmse_mev_per_A']:.1f} | "
+        f"{errors.get('stress_rmse_mev_per_A3', float('nan')):.2f} | "
+        f"{speed[64]['ratio']:.1f}× / {speed[216]['ratio']:.1f}× |",
+        "",
+        f"Validation: the 40 cells of `valid.xyz`; peers' numbers from `sevennet_si/README.md` (same machine kind). "
+        f"SevenNet-0 here: {speed[64]['teacher_ms']:.0f} ms at 64 atoms, {speed[216]['teacher_ms']:.0f} ms at 216; "
+        f"student {speed[64]['student_ms']:.1f} / {speed[216]['student_ms']:.1f} ms ({record['threads']} threads).",
+    ]
+    (RESULTS / "sevennet_si.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
