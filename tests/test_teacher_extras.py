@@ -9,6 +9,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
+from ase.calculators.calculator import PropertyNotImplementedError
 from e3nn.o3 import Irreps
 from torch_geometric.loader import DataLoader
 
@@ -251,3 +252,9 @@ def test_every_teacher_runs_md_through_an_ase_calculator(potential_teacher):
     atoms.calc = potential_teacher.ase_calculator()
     assert atoms.get_potential_energy() == pytest.approx(float(labels["energy"]), abs=1e-10)
     np.testing.assert_allclose(atoms.get_forces(), labels["forces"], atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(), labels["stress"], atol=1e-10)  # periodic: stress too
+    molecule = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.4]])
+    molecule.calc = potential_teacher.ase_calculator()
+    molecule.get_forces()
+    with pytest.raises(PropertyNotImplementedError):  # no cell, no stress: never a made-up one
+        molecule.get_stress()

@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..configs import config_groups
-from ..training.run import CONFIG_MODULE
+from ..training.run import compose_config
 from .errors import SearchError
 from .objective import Objective
 from .space import Parameter, base_values, parse_space
@@ -31,15 +29,7 @@ class Composed:
 
 def compose_training(overrides: Sequence[str], config_dir: str | Path | None = None) -> Composed:
     """The training config of ``mlip-distill train <overrides>``, with its group choices."""
-    overrides = list(overrides)
-    if config_dir is not None:
-        directory = Path(config_dir).resolve()
-        if not directory.is_dir():
-            raise FileNotFoundError(f"--config-dir {config_dir}: no such folder")
-        overrides.append(f"hydra.searchpath=[file://{directory}]")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        config = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    config = compose_config(overrides, config_dir, return_hydra_config=True)
     choices = {group: str(option) for group, option in config.hydra.runtime.choices.items()
                if option is not None and not group.startswith("hydra")}
     with open_dict(config):

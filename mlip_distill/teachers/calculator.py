@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -12,14 +13,15 @@ if TYPE_CHECKING:  # base.py imports this module
 
 
 class TeacherCalculator(Calculator):
-    """Energy (eV) and forces (eV/Å) from :meth:`Teacher.label`, for relaxations and MD
-    (what :meth:`Teacher.ase_calculator` gives for a teacher without a calculator of its own).
+    """Energy (eV), forces (eV/Å) and, where the teacher gives it, stress (eV/Å³, ASE's sign and
+    Voigt order) from :meth:`Teacher.label`, for relaxations, MD and timing (what
+    :meth:`Teacher.ase_calculator` gives for a teacher without a calculator of its own).
 
     Works for every teacher (an ASE calculator's, a potential package's, DFT), at the cost of
     the labels the teacher computes besides these two.
     """
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = ["energy", "forces", "stress"]
 
     def __init__(self, teacher: Teacher) -> None:
         super().__init__()
@@ -34,3 +36,6 @@ class TeacherCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         labels = self.teacher.label(self.atoms)
         self.results = {"energy": float(labels["energy"]), "forces": labels["forces"]}
+        stress = labels.get("stress")
+        if stress is not None and np.isfinite(stress).all():
+            self.results["stress"] = np.asarray(stress, dtype=float)

@@ -58,12 +58,15 @@ def _quieten_lightning() -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
-def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_dir: str | Path | None = None, return_hydra_config: bool = False
+) -> DictConfig:
     """The training config: the packaged ``train.yaml`` with ``overrides`` applied.
 
     Args:
         overrides: Hydra overrides such as ``experiment=cu_emt`` or ``trainer.max_epochs=5``.
         config_dir: a folder of the user's own config groups, searched before the packaged ones.
+        return_hydra_config: keep Hydra's own ``hydra`` node (which option each group chose).
     """
     overrides = list(overrides)
     if config_dir is not None:
@@ -73,7 +76,7 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None 
         overrides.append(f"hydra.searchpath=[file://{directory}]")
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def new_run_dir(experiment: str, root: str | Path = "runs") -> Path:
