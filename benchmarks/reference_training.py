@@ -105,6 +105,7 @@ def errors_on_test_set(potential_dir: Path, test_path: Path, n_atoms: int) -> di
 SECTIONS = {
     "rmd17": "rMD17: students trained on the DFT labels (`python benchmarks/rmd17.py`)",
     "acac": "Acetylacetone, 300 K (`python benchmarks/acac.py`)",
+    "sevennet_si": "SevenNet-0 silicon beside the sevenn and MACE trainers (`python benchmarks/sevennet_si.py`)",
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
     "labelling_overhead": "Labelling overhead (`python benchmarks/labelling_overhead.py`)",
