@@ -164,14 +164,15 @@ def _distill(args: argparse.Namespace) -> None:
     summary = distill(settings, root=args.root)
     errors, md = summary["errors_vs_teacher"], summary["md"]
     stress = errors.get("stress_rmse_mev_per_A3")
+    ratio = md["student_steps_per_s"] / md["teacher_steps_per_s"]
     print(f"\nStudent against the teacher ({args.teacher}) on {summary['n_valid']} held-out structures:")
     print(f"  energy RMSE {errors['energy_rmse_mev_per_atom']:.2f} meV/atom, "
           f"forces RMSE {errors['forces_rmse_mev_per_A']:.1f} meV/Å"
           + (f", stress RMSE {stress:.2f} meV/Å³" if stress is not None else ""))
     print(f"MD ({md['n_atoms']} atoms, Langevin {args.temperature:.0f} K, {md['threads']} threads): "
           f"student {md['student_steps_per_s']:.1f} steps/s over {md['student_steps']} steps, "
-          f"teacher {md['teacher_steps_per_s']:.2f} steps/s over {md['teacher_steps']} steps: "
-          f"student {md['student_steps_per_s'] / md['teacher_steps_per_s']:.0f}x faster")
+          f"teacher {md['teacher_steps_per_s']:.2f} steps/s over {md['teacher_steps']} steps: student "
+          + (f"{ratio:.0f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"))
     for entry in summary["rounds"]:
         print(f"on-policy round {entry['round']}: {entry['frames_added']} frames added, forces RMSE "
               f"{entry['errors_vs_teacher']['forces_rmse_mev_per_A']:.1f} meV/Å on held-out structures")
