@@ -12,7 +12,22 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-class SystemBatchSampler(Sampler[list[int]]):
+class _EpochBatchSampler(Sampler[list[int]]):
+    """A batch sampler whose batches depend on the epoch it is told."""
+
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> Sampler[list[int]]:
+        """Itself: Lightning sets the epoch of ``batch_sampler.sampler`` before every epoch, and
+        a run resumed from a checkpoint must draw the batches of the epoch it resumes in."""
+        return self
+
+
+class SystemBatchSampler(_EpochBatchSampler):
     """Batches of dataset positions in which several conformers of one system sit together.
 
     A loss over the conformers of a system (the Boltzmann KL of
@@ -90,15 +105,6 @@ class SystemBatchSampler(Sampler[list[int]]):
                 batches_with_room[room - size].append(index)
         return batches
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    @property
-    def sampler(self) -> Sampler[list[int]]:
-        """Itself: Lightning sets the epoch of ``batch_sampler.sampler`` before every epoch, and
-        a run resumed from a checkpoint must draw the batches of the epoch it resumes in."""
-        return self
-
     def __len__(self) -> int:
         return _count_of_rank([sum(sizes) for sizes in self.layout], self.num_replicas)
 
@@ -119,7 +125,7 @@ class SystemBatchSampler(Sampler[list[int]]):
         yield from share_of_rank([batches[index] for index in order], self.num_replicas, self.rank)
 
 
-class AtomBudgetBatchSampler(Sampler[list[int]]):
+class AtomBudgetBatchSampler(_EpochBatchSampler):
     """Batches of dataset positions holding at most ``max_atoms`` atoms each.
 
     With structures of very different sizes, a fixed number of structures per batch makes the
@@ -182,15 +188,6 @@ class AtomBudgetBatchSampler(Sampler[list[int]]):
             if room > size:
                 bisect.insort(rooms, (room - size, index))
         return batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    @property
-    def sampler(self) -> Sampler[list[int]]:
-        """Itself: Lightning sets the epoch of ``batch_sampler.sampler`` before every epoch, and
-        a run resumed from a checkpoint must draw the batches of the epoch it resumes in."""
-        return self
 
     def __len__(self) -> int:
         return _count_of_rank([len(sizes) for sizes in self.layout], self.num_replicas)
