@@ -70,6 +70,14 @@ def probe_vectors(n_atoms: int, n_probes: int, seed: int, structure_index: int) 
     return probes / np.linalg.norm(probes, axis=(0, 2), keepdims=True)
 
 
+def structure_key(atoms: Atoms) -> bytes:
+    """Bytes that are equal exactly when two structures have the same numbers, positions, cell
+    and pbc: for a teacher that reuses its last evaluation."""
+    return b"".join(
+        np.ascontiguousarray(array).tobytes() for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    )
+
+
 def element_list(numbers: Iterable[int]) -> str:
     """``[14, 1]`` → ``'H, Si'``: symbols in order of atomic number, for error messages."""
     return ", ".join(chemical_symbols[z] for z in sorted({int(z) for z in numbers}))

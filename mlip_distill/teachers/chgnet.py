@@ -25,7 +25,7 @@ from chgnet.model import CHGNet
 from pymatgen.core import Lattice, Structure
 
 from mlip_distill.checksums import file_sha256
-from mlip_distill.teachers.base import Teacher, TeacherError
+from mlip_distill.teachers.base import Teacher, TeacherError, structure_key
 
 #: The pretrained models whose weights ship inside the ``chgnet`` wheel, by the name CHGNet
 #: gives them. 0.2.0 is left out: it needs a legacy output bias and is superseded by 0.3.0.
@@ -148,10 +148,7 @@ class CHGNetTeacher(Teacher):
     def _evaluate(self, atoms: Atoms) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Labels and atom features of every layer of ``atoms`` from one evaluation, reused
         while the same structure (numbers, positions, cell, pbc) is asked for again."""
-        key = b"".join(
-            np.ascontiguousarray(array).tobytes()
-            for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
-        )
+        key = structure_key(atoms)
         if self._last is not None and self._last[0] == key:
             return self._last[1], self._last[2]
         periodic = bool(atoms.pbc.all())

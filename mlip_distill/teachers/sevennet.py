@@ -27,7 +27,7 @@ from sevenn.util import get_available_pretrained_models, load_checkpoint, pretra
 
 from mlip_distill.checksums import file_sha256
 from mlip_distill.data.graph import neighbour_list
-from mlip_distill.teachers.base import Teacher, TeacherError
+from mlip_distill.teachers.base import Teacher, TeacherError, structure_key
 
 # The module of each interaction block k (0-based) whose output is the node features after it.
 _BLOCK_OUTPUT_SUFFIX = "_equivariant_gate"
@@ -154,10 +154,7 @@ class SevenNetTeacher(Teacher):
     def _evaluate(self, atoms: Atoms) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Labels and node features of every layer of ``atoms`` from one evaluation, reused
         while the same structure (numbers, positions, cell, pbc) is asked for again."""
-        key = b"".join(
-            np.ascontiguousarray(array).tobytes()
-            for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
-        )
+        key = structure_key(atoms)
         if self._last is not None and self._last[0] == key:
             return self._last[1], self._last[2]
         output = self.model(self._graph(atoms, self._positions(atoms)))
