@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
+from ase.io.extxyz import key_val_str_to_dict
 
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.io import (
+    _parse_comment_line,
     labels_from_atoms,
     read_structures,
     validate_structure,
@@ -78,6 +81,66 @@ def test_write_and_read_back_keeps_labels(tmp_path):
         for key in original:
             np.testing.assert_allclose(again[key], original[key], atol=1e-7)
     assert "stress" not in back[1].calc.results
+
+
+def same(a, b) -> bool:
+    """Equal values of equal types (arrays: equal dtype, shape and values); NaN equals NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(
+            a, b, equal_nan=a.dtype.kind == "f"
+        )
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b or (a != a and b != b)
+
+
+def outcome(parse, line: str):
+    try:
+        return parse(line)
+    except Exception as exc:  # the parsers must fail alike
+        return type(exc)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # plain pairs, read by the fast path
+        'Lattice="7.2 -0.05 0.0 0.0 3.6 0.02 0.0 0.02 3.6" Properties=species:S:1:pos:R:3 '
+        'pbc="T T T"',
+        'energy=-12.5 stress="1 2 3 2 5 6 3 6 9" free_energy=-12 config_type=rattle system_id=3',
+        'uid=007 UID=12 flag=T flags="T F T" truth=true n=+4 x=.5 y=3. z=1e3 big=' + "9" * 30,
+        'nested="a=b" d="1, 2" arr="_JSON [1, 2]" name="with space" o=nan p="inf -inf" q=٣ '
+        'm=1.2.3 n=1-2 s=" " a=1 a=2',
+        'Lattice="1 2 3"', "stress=5",
+        # lines ASE reads its own way
+        "w='single quoted' b=[1,2] c={1 2}", "e=a\\ b", 'f=a=b g=a"b"', 'j="_JSON {\\"a\\": 1}"',
+        'k="" m=1', "bare x=1", "", "   ", "a plain comment, no pairs", "a = b", "a= b",
+    ],
+)
+def test_comment_lines_are_read_as_ase_reads_them(line):
+    assert same(outcome(_parse_comment_line, line), outcome(key_val_str_to_dict, line))
+
+
+def test_read_structures_gives_what_ase_reads(tmp_path):
+    frames = [rattled_copper(seed) for seed in range(2)]
+    frames[0].info.update(config_type="rattle", system_id=4, temperature=300.0, tag="a b")
+    frames[1].info.update(flags=[True, False], spins=np.array([1.5, 2.0]))
+    water = molecule("H2O")
+    water.info["config_type"] = "IsolatedAtom?"
+    frames.append(water)
+    path = tmp_path / "frames.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    ours, theirs = read_structures(path), ase.io.read(path, ":", format="extxyz")
+    assert len(ours) == len(theirs) == 3
+    for mine, reference in zip(ours, theirs):
+        assert mine == reference
+        assert same(mine.info, reference.info)
+        assert same(*(atoms.calc.results if atoms.calc else {} for atoms in (mine, reference)))
+        assert same(dict(mine.arrays), dict(reference.arrays))
 
 
 def test_missing_file_is_a_one_line_error(tmp_path):

@@ -14,6 +14,10 @@ key                  shape     unit    meaning
 
 from __future__ import annotations
 
+import copy
+import functools
+import io
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -21,6 +25,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.extxyz import SPECIAL_3_3_KEYS, UNPROCESSED_KEYS, key_val_str_to_dict
 
 from mlip_distill.data.errors import DataError
 from mlip_distill.data.graph import LABEL_KEYS, neighbour_list
@@ -49,6 +54,14 @@ _ARRAYS_KEYS = {
     "forces": ("forces", "REF_forces"),
     "atomic_energies": ("energies", "atomic_energies", "REF_energies"),
 }
+# One key=value pair of an extxyz comment line, and the whitespace after it, in the form that
+# ASE's character-by-character parser reads as plain key and value: a value bare, or in double
+# quotes without escapes (see _parse_comment_line).
+_PLAIN_PAIR = re.compile(
+    r"""([^\s='"\\{}\[\]]+)=(?:"([^"\\]+)"|([^\s='"\\{}\[\]]+))(?:\s+|$)"""
+)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBERS = re.compile(rf"\s*{_NUMBER}(?:\s+{_NUMBER})*\s*", re.ASCII)
 
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
@@ -61,9 +74,17 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     # ASE reads .xyz as extxyz anyway; naming the format skips its sniffing of the content.
-    format = "extxyz" if path.suffix.lower() in (".xyz", ".extxyz") else None
+    # Its extxyz reader seeks back and forth through the file, which costs little in memory and
+    # much in a text file; _parse_comment_line reads the comment lines several times faster.
+    extxyz = path.suffix.lower() in (".xyz", ".extxyz")
     try:
-        structures = ase.io.read(path, index=index, format=format)
+        if extxyz:
+            structures = ase.io.read(
+                io.StringIO(path.read_text()), index=index, format="extxyz",
+                properties_parser=_parse_comment_line,
+            )
+        else:
+            structures = ase.io.read(path, index=index)
     except Exception as exc:  # ASE's readers raise anything from KeyError to StopIteration
         raise DataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
     if isinstance(structures, Atoms):
@@ -71,6 +92,53 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
     if not structures:
         raise DataError(f"{path}: holds no structure")
     return list(structures)
+
+
+def _parse_comment_line(line: str) -> dict:
+    """What ASE's ``key_val_str_to_dict`` makes of an extxyz comment line, found faster.
+
+    A line of plain pairs (``_PLAIN_PAIR``) is split with a regular expression; a numeric value
+    is converted as ASE converts it (integers, else floats; one value a scalar; the 3x3 keys in
+    Fortran order), any other value by ASE, once per distinct (key, value). Any other line goes
+    to ASE whole. Tests compare the two parsers.
+    """
+    line = line.strip()
+    pairs, position = [], 0
+    while position < len(line) or not pairs:
+        match = _PLAIN_PAIR.match(line, position)
+        if match is None:
+            return key_val_str_to_dict(line)
+        key, quoted, bare = match.groups()
+        pairs.append((key, bare if quoted is None else quoted))
+        position = match.end()
+    parsed = {}
+    for key, value in pairs:
+        if key.lower() in UNPROCESSED_KEYS or not _NUMBERS.fullmatch(value):
+            parsed[key] = _text_value(key, value)
+            continue
+        numbers = value.split()
+        try:
+            number = np.array(numbers, dtype=int)
+        except (ValueError, OverflowError):
+            number = np.array(numbers, dtype=float)
+        if key in SPECIAL_3_3_KEYS:
+            if number.shape != (9,):
+                return key_val_str_to_dict(line)  # ASE's error
+            number = number.reshape((3, 3), order="F")
+        parsed[key] = number[0] if len(number) == 1 else number
+    return parsed
+
+
+def _text_value(key: str, value: str) -> object:
+    """ASE's reading of the value of a plain pair that is not a list of numbers (a string,
+    booleans, JSON); a fresh copy unless it is a string or a boolean."""
+    parsed = _cached_text_value(key, value)
+    return parsed if isinstance(parsed, (str, bool)) else copy.deepcopy(parsed)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_text_value(key: str, value: str) -> object:
+    return key_val_str_to_dict(f'{key}="{value}"')[key]
 
 
 def as_voigt(stress: np.ndarray) -> np.ndarray:
