@@ -372,12 +372,13 @@ def _no_close_pairs(
     """(B,) bool: no two atoms closer than ``min_distance``, for B structures of N atoms,
     positions (B, N, 3) Å, cells and their inverses (B, 3, 3); ``wrap``: periodic (see
     :func:`_clear_geometry`), else open."""
-    separations = positions[:, None, :, :] - positions[:, :, None, :]  # (B, N, N, 3)
+    n_structures, n = positions.shape[:2]
+    # (B, N * N, 3): matmul with the (B, 3, 3) cells is ~25x faster than the same einsum
+    separations = (positions[:, None, :, :] - positions[:, :, None, :]).reshape(n_structures, -1, 3)
     if wrap:
-        fractional = np.einsum("bijx,bxy->bijy", separations, inverses)
-        separations = np.einsum("bijx,bxy->bijy", fractional - np.round(fractional), cells)
-    squared = np.einsum("bijx,bijx->bij", separations, separations)
-    n = positions.shape[1]
+        fractional = separations @ inverses
+        separations = (fractional - np.round(fractional)) @ cells
+    squared = np.einsum("bpx,bpx->bp", separations, separations).reshape(n_structures, n, n)
     squared[:, np.arange(n), np.arange(n)] = np.inf
     return (squared >= min_distance**2).all(axis=(1, 2))
 
