@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 
-from .data.graph import build_graph
+from .data.graph import neighbour_list_on_device
 from .package import Potential, PotentialError, load_potential, read_metadata
 
 
@@ -64,31 +65,57 @@ class StudentCalculator(Calculator):
         self.cutoff = potential.cutoff
         self.skin = float(skin)
         self.neighbour_list_builds = 0
+        self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
         self._graph = None
-        self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _needs_rebuild(self, atoms: Atoms) -> bool:
+    def _needs_rebuild(self, atoms: Atoms, positions: torch.Tensor) -> bool:
         if self._reference is None:
             return True
-        positions, cell, pbc, numbers = self._reference
+        reference_positions, cell, pbc, numbers = self._reference
         if len(numbers) != len(atoms) or not np.array_equal(numbers, atoms.numbers):
             return True
         if not np.array_equal(pbc, atoms.pbc) or not np.array_equal(cell, atoms.cell.array):
             return True
-        moved = np.linalg.norm(atoms.positions - positions, axis=1).max(initial=0.0)
+        moved = float((positions - reference_positions).norm(dim=1).max()) if len(atoms) else 0.0
         return moved > 0.5 * self.skin
 
+    def _rebuild(self, atoms: Atoms, positions: torch.Tensor) -> None:
+        """Neighbour list within ``cutoff + skin`` on the calculator's device, kept as a graph."""
+        self.potential.check_elements(atoms.numbers, where=atoms.get_chemical_formula())
+        cell = torch.as_tensor(atoms.cell.array, device=self.device)
+        radius = self.cutoff + self.skin
+        try:
+            edge_index, cell_shifts = neighbour_list_on_device(positions, cell, atoms.pbc, radius)
+        except RuntimeError as exc:  # vesin's CUDA kernels cannot run here (no NVRTC, say)
+            if self.device.type == "cpu":
+                raise
+            if self.neighbour_list_on != "cpu":
+                warnings.warn(f"neighbour list on the CPU: vesin cannot run on {self.device} ({exc})", stacklevel=2)
+            self.neighbour_list_on = "cpu"
+            on_host = neighbour_list_on_device(positions.cpu(), cell.cpu(), atoms.pbc, radius)
+            edge_index, cell_shifts = (tensor.to(self.device) for tensor in on_host)
+        graph = Data(
+            pos=positions.to(self.dtype),
+            numbers=torch.as_tensor(atoms.numbers, device=self.device),
+            cell=cell.to(self.dtype).reshape(1, 3, 3),
+            pbc=torch.as_tensor(atoms.pbc, device=self.device).reshape(1, 3),
+            edge_index=edge_index,
+            cell_shifts=cell_shifts.to(self.dtype),
+            n_atoms=torch.tensor([len(atoms)], device=self.device),
+            num_nodes=len(atoms),
+        )
+        self._graph = Batch.from_data_list([graph])
+        self._reference = (positions, atoms.cell.array.copy(), atoms.pbc.copy(), atoms.numbers.copy())
+        self.neighbour_list_builds += 1
+
     def _graph_for(self, atoms: Atoms) -> Batch:
-        if self._needs_rebuild(atoms):
-            self.potential.check_elements(atoms.numbers, where=atoms.get_chemical_formula())
-            graph = build_graph(
-                atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin, dtype=self.dtype
-            )
-            self._graph = Batch.from_data_list([graph]).to(self.device)
-            self._reference = (atoms.positions.copy(), atoms.cell.array.copy(), atoms.pbc.copy(), atoms.numbers.copy())
-            self.neighbour_list_builds += 1
+        # The only copy to the device per call: the positions ASE integrates on the host.
+        positions = torch.as_tensor(atoms.positions, device=self.device)
+        if self._needs_rebuild(atoms, positions):
+            self._rebuild(atoms, positions)
         graph = self._graph
-        positions = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
+        positions = positions.to(self.dtype)
         centres, neighbours = graph.edge_index
         vectors = positions[neighbours] - positions[centres] + graph.cell_shifts @ graph.cell[0]
         within = vectors.square().sum(dim=1) < self.cutoff**2

@@ -70,6 +70,27 @@ def neighbour_list(
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
 
 
+def neighbour_list_on_device(
+    positions: torch.Tensor, cell: torch.Tensor, pbc: np.ndarray, cutoff: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`neighbour_list` of tensors, computed where they live (vesin runs on CUDA too).
+
+    Args:
+        positions: (N, 3) Å, float64, on the CPU or a CUDA device.  cell: (3, 3) Å, float64, same
+            device.  pbc: (3,) bool.  cutoff: Å.
+    Returns:
+        ``edge_index`` (2, E) int64 (row 0 centres, row 1 neighbours) and ``cell_shifts`` (E, 3)
+        int64, on the device of ``positions``.
+    """
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if pbc.any() and abs(float(torch.linalg.det(cell))) < 1e-9:
+        raise ValueError("periodic structure with a degenerate (zero-volume) cell")
+    box = cell if pbc.any() else torch.zeros_like(cell)
+    nl = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = nl.compute(points=positions, box=box, periodic=pbc.tolist(), quantities="ijS")
+    return torch.stack([i.to(torch.int64), j.to(torch.int64)]), shifts.to(torch.int64)
+
+
 def build_graph(
     numbers: np.ndarray,
     positions: np.ndarray,

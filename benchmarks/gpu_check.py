@@ -1,0 +1,427 @@
+"""One run on a GPU: training throughput in float32, bfloat16 and float16, and MD throughput of
+the student (GPU-resident path) and of SevenNet-0 on the same diamond silicon cells.
+
+Parts, each timed and recorded on its own (a part that fails is recorded with its error and the
+rest still run):
+
+1. ``labelling``: SevenNet-0 on the device labels ``--cells`` rattled and strained 64-atom
+   diamond cells (structures/s);
+2. ``training``: ``experiment=si_sevennet`` trained for ``--epochs`` epochs in each precision
+   (32, bf16-mixed, 16-mixed); structures/s over the epochs after the first, final training loss,
+   and the force, energy and stress errors of the mixed precisions against float32 on one batch
+   of the float32 student;
+3. ``md``: velocity-Verlet at 300 K through :class:`~mlip_distill.calculator.StudentCalculator`
+   (neighbour list on the device, reused with a 1 Å skin) from 216 to ~100,000 atoms: steps/s,
+   atom-steps/s, neighbour-list builds, peak GPU memory, and a breakdown of one step (neighbour
+   list build, forward + backward of the network, the whole ASE call);
+4. ``teacher_md``: the same for SevenNet-0 through ``sevenn``'s own ASE calculator, until it runs
+   out of memory or a step takes longer than ``--teacher-max-step`` seconds.
+
+Any NaN or Inf in a loss, energy or force is counted in ``nonfinite``. Results go to
+``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` after every part.
+
+    python benchmarks/gpu_check.py --out DIR [--device cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from statistics import median
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from ase import units
+from ase.build import bulk
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.data.graph import neighbour_list_on_device
+from mlip_distill.models import build_model
+from mlip_distill.package import save_potential
+from mlip_distill.sampling.perturb import sample_structures, write_extxyz
+from mlip_distill.teachers.labelling import label_file
+from mlip_distill.training.precision import precision_error
+from mlip_distill.training.run import compose_config, train
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+# Diamond cubic cells of 8 atoms repeated n times: 216, 1,000, 4,096, 13,824, 32,768, 64,000, 110,592 atoms.
+REPEATS = (3, 5, 8, 12, 16, 20, 24)
+QUICK_REPEATS = (2,)
+
+
+class Report:
+    """Collects the parts' results and rewrites ``gpu_check.json`` and ``.md`` after each part."""
+
+    def __init__(self, out: Path, device: str) -> None:
+        self.out = out
+        self.results: dict[str, Any] = {"environment": environment(device), "nonfinite": 0}
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def part(self, name: str, run: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            value = run()
+            self.results[name] = value
+        except Exception as exc:  # a failed part is a result too; the others still run
+            traceback.print_exc()
+            value = None
+            self.results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        self.results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+        self.write()
+        return value
+
+    def count_nonfinite(self, *values: float | np.ndarray | torch.Tensor) -> None:
+        for value in values:
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            self.results["nonfinite"] += int((~np.isfinite(array)).sum())
+
+    def write(self) -> None:
+        (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2, default=str))
+        (self.out / "gpu_check.md").write_text(markdown(self.results))
+
+
+def environment(device: str) -> dict[str, Any]:
+    import e3nn
+    import sevenn
+    import vesin
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "e3nn": e3nn.__version__,
+        "vesin": vesin.__version__,
+        "sevenn": sevenn.__version__,
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1))
+    return info
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def diamond(repeat: int, seed: int = 0) -> Any:
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(repeat)
+    atoms.rattle(0.03, seed=seed)
+    return atoms
+
+
+def label_cells(report: Report, work: Path, n_cells: int, device: str) -> dict[str, Any]:
+    from mlip_distill.teachers.sevennet import SevenNetTeacher
+
+    cells = sample_structures([bulk("Si", "diamond", a=5.43, cubic=True)], n_cells, (0.02, 0.12), 0.02, (2, 2, 2))
+    write_extxyz(cells, work / "cells.xyz")
+    result: dict[str, Any] = {"structures": n_cells, "atoms_each": 64, "device": device}
+    try:
+        teacher = SevenNetTeacher("7net-0", device=device)
+        start = time.perf_counter()
+        summary = label_file(work / "cells.xyz", teacher, work / "labels.h5", progress=False)
+    except Exception as exc:  # the training part still needs labels: make them on the CPU
+        traceback.print_exc()
+        result.update(error_on_device=f"{type(exc).__name__}: {exc}"[:300], device="cpu")
+        (work / "labels.h5").unlink(missing_ok=True)
+        start = time.perf_counter()
+        summary = label_file(work / "cells.xyz", SevenNetTeacher("7net-0"), work / "labels.h5", progress=False)
+    seconds = time.perf_counter() - start
+    result.update(seconds=round(seconds, 1), structures_per_s=round(n_cells / seconds, 1), failed=summary.n_failed)
+    return result
+
+
+def untrained_potential(work: Path) -> str:
+    """A package of the si_sevennet student with fresh weights: enough to time MD when training failed."""
+    config = compose_config(["experiment=si_sevennet"])
+    hyperparameters = {key: value for key, value in config.model.items() if key != "name"}
+    model = build_model(config.model.name, elements=[14], **hyperparameters)
+    return str(save_potential(model, config.model.name, work / "untrained"))
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training batch after the first epoch, and every training loss."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: list[float] = []
+        self.structures = 0
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        synchronise(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        synchronise(self.device)
+        if trainer.current_epoch > 0:
+            self.seconds.append(time.perf_counter() - self._start)
+            self.structures += int(batch.num_graphs)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.losses.append(float(loss))
+
+
+def training(report: Report, work: Path, n_cells: int, epochs: int, batch_size: int, device: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    reference_model = None
+    # float16 autocast with a gradient scaler is for GPUs only
+    for precision in PRECISIONS if device.startswith("cuda") else PRECISIONS[:2]:
+        overrides = [
+            "experiment=si_sevennet", f"data.path={work / 'labels.h5'}", f"data.batch_size={batch_size}",
+            f"data.n_valid={max(2, n_cells // 8)}",
+            f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", f"trainer.precision={precision}",
+            f"trainer.max_epochs={epochs}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+            "logger=csv", f"run_dir={work / ('run-' + precision)}",
+        ]
+        timer = StepTimer(device)
+        try:
+            result = train(compose_config(overrides), callbacks=[timer])
+        except Exception as exc:
+            traceback.print_exc()
+            results[precision] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
+        report.count_nonfinite(np.array(timer.losses))
+        results[precision] = {
+            "structures_per_s": round(timer.structures / sum(timer.seconds), 1) if timer.seconds else None,
+            "ms_per_step": round(1e3 * median(timer.seconds), 2) if timer.seconds else None,
+            "final_train_loss": timer.losses[-1] if timer.losses else None,
+            "val_forces_rmse_mev_per_A": result.metrics.get("forces_rmse_mev_per_A"),
+        }
+        if precision == "32":
+            from mlip_distill.package import load_potential
+
+            reference_model = load_potential(result.potential_dir, device=device).model
+            results["potential_dir"] = str(result.potential_dir)
+        report.results["training"] = results
+        report.write()
+    if reference_model is not None:
+        batch = next(iter(_one_batch(work, batch_size, device)))
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))[: 2 if device.startswith("cuda") else 1]:
+            errors = precision_error(reference_model, batch, dtype)
+            report.count_nonfinite(np.array(list(errors.values())))
+            results[f"{name}_error_vs_fp32"] = {key: round(value, 4) for key, value in errors.items()}
+    return results
+
+
+def _one_batch(work: Path, batch_size: int, device: str):
+    from torch_geometric.loader import DataLoader
+
+    from mlip_distill.data.dataset import GraphDataset
+
+    dataset = GraphDataset(work / "labels.h5", "teacher", cutoff=5.0)
+    return (batch.to(device) for batch in DataLoader([dataset[i] for i in range(batch_size)], batch_size=batch_size))
+
+
+def md_throughput(report: Report, calculator_for: Callable[[], Any], repeats: tuple[int, ...], steps: int,
+                  max_step_s: float, device: str, breakdown: bool) -> list[dict[str, Any]]:
+    """Velocity-Verlet at 300 K (1 fs) of rattled diamond cells, bigger and bigger."""
+    rows: list[dict[str, Any]] = []
+    report.results.setdefault("_md_rows", rows)
+    for repeat in repeats:
+        atoms = diamond(repeat)
+        n_atoms = len(atoms)
+        row: dict[str, Any] = {"atoms": n_atoms}
+        rows.append(row)
+        try:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            atoms.calc = calculator_for()
+            MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+            dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+            start = time.perf_counter()
+            dynamics.run(2)  # warm-up: first calls build the neighbour list and caches
+            warmup_s = time.perf_counter() - start
+            n_steps = max(2, min(steps, int(10.0 / max(warmup_s / 3, 1e-3))))
+            if warmup_s / 3 > max_step_s:
+                n_steps = 2
+            builds_before = getattr(atoms.calc, "neighbour_list_builds", None)
+            synchronise(device)
+            start = time.perf_counter()
+            dynamics.run(n_steps)
+            synchronise(device)
+            seconds = time.perf_counter() - start
+            report.count_nonfinite(atoms.get_forces(), atoms.get_potential_energy())
+            row.update(
+                steps=n_steps,
+                ms_per_step=round(1e3 * seconds / n_steps, 2),
+                steps_per_s=round(n_steps / seconds, 2),
+                atom_steps_per_s=round(n_atoms * n_steps / seconds),
+                temperature_K=round(float(atoms.get_temperature()), 1),
+            )
+            if builds_before is not None:
+                row["neighbour_list_builds"] = atoms.calc.neighbour_list_builds - builds_before
+            if device.startswith("cuda"):
+                row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if breakdown:
+                row["breakdown_ms"] = step_breakdown(atoms, device)
+            print(row, flush=True)
+            too_slow = seconds / n_steps > max_step_s
+        except torch.cuda.OutOfMemoryError as exc:
+            row["error"] = f"out of memory: {str(exc).splitlines()[0][:200]}"
+            print(row, flush=True)
+            too_slow = True
+        except Exception as exc:
+            traceback.print_exc()
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            too_slow = True
+        finally:
+            atoms.calc = None
+        report.write()
+        if too_slow:
+            break
+    report.results.pop("_md_rows", None)
+    return rows
+
+
+def _timed(function: Callable[[], Any], device: str, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        function()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return round(1e3 * median(times), 3)
+
+
+def step_breakdown(atoms: Any, device: str) -> dict[str, float]:
+    """One student step taken apart, ms: neighbour list on the device, the graph's per-step update
+    (positions to the device, edges within the cutoff), network forward + backward, whole call."""
+    calculator = atoms.calc
+    positions = torch.as_tensor(atoms.positions, device=device)
+    cell = torch.as_tensor(atoms.cell.array, device=device)
+    parts = {
+        "neighbour_list_build": _timed(
+            lambda: neighbour_list_on_device(positions, cell, atoms.pbc, calculator.cutoff + calculator.skin), device),
+        "graph_update": _timed(lambda: calculator._graph_for(atoms), device),
+    }
+    batch = calculator._graph_for(atoms)
+    parts["network_forward_backward"] = _timed(
+        lambda: calculator.model(batch, compute_forces=True, compute_stress=True, create_graph=False), device)
+
+    def whole_call() -> None:
+        calculator.results = {}
+        calculator.calculate(atoms, ["energy", "forces", "stress"])
+
+    parts["whole_call"] = _timed(whole_call, device)
+    return parts
+
+
+def markdown(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    lines = [
+        f"# GPU check: {env.get('gpu', env.get('device'))}",
+        "",
+        f"torch {env.get('torch')}, e3nn {env.get('e3nn')}, vesin {env.get('vesin')}, sevenn {env.get('sevenn')}, "
+        f"Python {env.get('python')}. Non-finite values seen anywhere: **{results.get('nonfinite')}**. "
+        "Command: `bash benchmarks/gpu_check.sh` (see `benchmarks/gpu_check.py`).",
+        "",
+    ]
+    labelling = results.get("labelling")
+    if isinstance(labelling, dict) and "structures_per_s" in labelling:
+        lines += [f"SevenNet-0 labelling on the GPU: {labelling['structures_per_s']} structures/s "
+                  f"({labelling['structures']} cells of 64 atoms in {labelling['seconds']} s).", ""]
+    training_results = results.get("training")
+    if isinstance(training_results, dict):
+        lines += ["## Training (experiment=si_sevennet, 64-atom cells)", "",
+                  "| precision | structures/s | ms/step | final train loss | val F RMSE (meV/Å) |", "|---|---|---|---|---|"]
+        for precision in PRECISIONS:
+            row = training_results.get(precision, {})
+            if "error" in row:
+                lines.append(f"| {precision} | error: {row['error'][:80]} | | | |")
+            elif row:
+                lines.append(f"| {precision} | {row['structures_per_s']} | {row['ms_per_step']} | "
+                             f"{_fmt(row['final_train_loss'])} | {_fmt(row['val_forces_rmse_mev_per_A'])} |")
+        for name in ("bf16", "fp16"):
+            errors = training_results.get(f"{name}_error_vs_fp32")
+            if errors:
+                lines.append(f"\n{name} against float32 on one batch: forces {_fmt(errors['forces_rmse_mev_per_A'])} meV/Å "
+                             f"RMS ({100 * errors['forces_relative']:.2f} % of the RMS force), energy "
+                             f"{_fmt(errors['energy_rmse_mev_per_atom'])} meV/atom, stress {_fmt(errors['stress_rmse_mev_per_A3'])} meV/Å³.")
+        lines.append("")
+    student, teacher = results.get("md"), results.get("teacher_md")
+    if isinstance(student, list):
+        by_atoms = {row["atoms"]: row for row in teacher} if isinstance(teacher, list) else {}
+        lines += ["## MD, velocity Verlet at 300 K, diamond Si", "",
+                  "| atoms | student ms/step | student atom-steps/s | NL builds | peak GiB | SevenNet-0 ms/step | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in student:
+            other = by_atoms.get(row["atoms"], {})
+            speedup = (f"{other['ms_per_step'] / row['ms_per_step']:.1f}×"
+                       if "ms_per_step" in other and "ms_per_step" in row else "")
+            lines.append(f"| {row['atoms']:,} | {row.get('ms_per_step', row.get('error', ''))} | "
+                         f"{row.get('atom_steps_per_s', '')} | {row.get('neighbour_list_builds', '')} | "
+                         f"{row.get('peak_memory_gib', '')} | {other.get('ms_per_step', other.get('error', ''))} | {speedup} |")
+        lines += ["", "Student step breakdown (ms): neighbour list build (done only on a rebuild), graph update "
+                  "(positions to the device, edges within the cutoff), network forward + backward, the whole ASE call.", "",
+                  "| atoms | NL build | graph update | forward + backward | whole call |", "|---|---|---|---|---|"]
+        for row in student:
+            parts = row.get("breakdown_ms")
+            if parts:
+                lines.append(f"| {row['atoms']:,} | {parts['neighbour_list_build']} | {parts['graph_update']} | "
+                             f"{parts['network_forward_backward']} | {parts['whole_call']} |")
+    errors = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {name}: {message}" for name, message in errors.items()]
+    lines.append(f"\nSeconds per part: {results.get('seconds')}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a try on the CPU")
+    parser.add_argument("--cells", type=int, default=320)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--teacher-max-step", type=float, default=8.0, help="stop the teacher's sizes above this many s/step")
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip")
+    args = parser.parse_args()
+    if args.quick:
+        args.cells, args.epochs, args.batch_size, args.steps = 12, 2, 4, 4
+    repeats = QUICK_REPEATS if args.quick else REPEATS
+    report = Report(args.out, args.device)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    if "labelling" not in args.skip:
+        report.part("labelling", lambda: label_cells(report, work, args.cells, args.device))
+    trained = None
+    if "training" not in args.skip:
+        trained = report.part("training", lambda: training(report, work, args.cells, args.epochs, args.batch_size, args.device))
+    potential_dir = (trained or {}).get("potential_dir")
+    if not potential_dir and "md" not in args.skip:
+        potential_dir = report.part("untrained_potential", lambda: untrained_potential(work))
+    if potential_dir and "md" not in args.skip:
+        report.part("md", lambda: md_throughput(
+            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=1.0),
+            repeats, args.steps, 5.0, args.device, breakdown=True))
+    if "teacher_md" not in args.skip:
+        from sevenn.calculator import SevenNetCalculator
+
+        report.part("teacher_md", lambda: md_throughput(
+            report, lambda: SevenNetCalculator("7net-0", device=args.device),
+            repeats, max(2, args.steps // 5), args.teacher_max_step, args.device, breakdown=False))
+    print(markdown(report.results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
