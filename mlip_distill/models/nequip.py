@@ -11,6 +11,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
 from mlip_distill.models.base import StudentPotential
+from mlip_distill.models.e3nn_codegen import prune_unused_einsums
 from mlip_distill.models.radial import BesselBasis, PolynomialCutoff
 
 
@@ -183,6 +184,7 @@ class NequIP(StudentPotential):
             nn.SiLU(),
             nn.Linear(channels // 2, 1, bias=False),
         )
+        prune_unused_einsums(self)
 
     def architecture_hyperparameters(self) -> dict[str, Any]:
         return {
