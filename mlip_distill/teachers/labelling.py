@@ -600,6 +600,7 @@ def _ase_file_job(input_path: Path, out_path: Path, shard: Shard | None) -> _Job
     validate_structures(
         structures, reference, [f"{input_path}: structure {k}" for k in frame_indices]
     )
+    has_reference = _has_any_value(reference)
     out_structures, first_system_id = 0, 0
     if out_path.exists():
         with LabelStore(out_path) as out:
@@ -615,7 +616,7 @@ def _ase_file_job(input_path: Path, out_path: Path, shard: Shard | None) -> _Job
             system_id=system_ids[positions],
             source_index=[frame_indices[k] for k in positions],
         )
-        with_reference = [i for i, k in enumerate(positions) if _has_any_value(reference[k])]
+        with_reference = [i for i, k in enumerate(positions) if has_reference[k]]
         if with_reference:
             provenance = store.provenance("reference") if "reference" in store.sources() else {}
             provenance["imported_from"] = [*provenance.get("imported_from", []), str(input_path)]
@@ -693,8 +694,18 @@ def _isolated_atom_energies(teacher: Teacher, numbers: set[int]) -> dict[int, fl
         ) from exc
 
 
-def _has_any_value(labels: dict[str, np.ndarray]) -> bool:
-    return any(np.isfinite(value).any() for value in labels.values())
+def _has_any_value(labels: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """(S,) bool: the label dicts that hold a finite value, found with a few numpy calls."""
+    values = [np.ravel(value) for label in labels for value in label.values()]
+    if not values:
+        return np.zeros(len(labels), dtype=bool)
+    owners = np.repeat(
+        np.repeat(np.arange(len(labels)), [len(label) for label in labels]),
+        [value.size for value in values],
+    )
+    found = np.zeros(len(labels), dtype=bool)
+    found[owners[np.isfinite(np.concatenate(values))]] = True
+    return found
 
 
 def _check_labels(labels: dict[str, np.ndarray], n_atoms: int) -> None:
