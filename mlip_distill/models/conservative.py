@@ -24,7 +24,14 @@ AtomicEnergyModel = Callable[[Batch, Tensor], tuple[Tensor, dict[str, Tensor]]]
 def edge_vectors(pos: Tensor, cell: Tensor, batch: Batch) -> Tensor:
     """``r_ij = pos[j] - pos[i] + S_ij @ cell``, (E, 3) Å, for ``pos`` (N, 3) and ``cell`` (B, 3, 3)."""
     centre, neighbour = batch.edge_index[0], batch.edge_index[1]
-    image_offsets = torch.einsum("ek,ekl->el", batch.cell_shifts.to(pos.dtype), cell[batch.batch[centre]])
+    shifts = batch.cell_shifts.to(pos.dtype)
+    if cell.shape[0] == 1:
+        # One structure (MD): a matrix product, whose gradient is another one. Gathering the cell
+        # per edge would make the stress's backward pass add every edge into the same nine numbers,
+        # which serialises on a GPU (10x slower per step at 100,000 atoms).
+        image_offsets = shifts @ cell[0]
+    else:
+        image_offsets = torch.einsum("ek,ekl->el", shifts, cell[batch.batch[centre]])
     return pos[neighbour] - pos[centre] + image_offsets
 
 
@@ -71,7 +78,7 @@ def energy_forces_stress(
         if compute_stress:
             displacement = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True)
             strain = 0.5 * (displacement + displacement.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, strain[batch.batch])
+            pos = pos + (pos @ strain[0] if num_graphs == 1 else torch.einsum("ni,nij->nj", pos, strain[batch.batch]))
             cell = cell + torch.bmm(cell, strain)
             differentiate_by.append(displacement)
         atomic_energies, node_features = atomic_energy_model(batch, edge_vectors(pos, cell, batch))
