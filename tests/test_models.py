@@ -71,3 +71,18 @@ def test_unused_einsums_are_pruned_without_changing_numbers():
     torch.testing.assert_close(product(x, y, weights), expected, rtol=0, atol=0)
     assert prune_unused_einsums(copy.deepcopy(product)) == 0
     assert prune_unused_einsums(NequIP([14], CUTOFF, channels=4, l_max=1, num_layers=2)) == 0
+
+
+def test_nequip_fused_paths_match_e3nn_modules():
+    """The messages and radial weights NequIP computes itself equal e3nn's own modules'."""
+    import torch
+
+    torch.manual_seed(0)
+    model = NequIP([1, 8], CUTOFF, channels=4, l_max=2, num_layers=3, radial_hidden=8).double()
+    num_edges = 7
+    basis = torch.rand(num_edges, model.num_basis, dtype=torch.float64)
+    for layer, weights in zip(model.layers, model.radial_weights(basis)):
+        torch.testing.assert_close(weights, layer.radial(basis))
+        x = layer.message.irreps_in1.randn(num_edges, -1, dtype=torch.float64)
+        y = layer.message.irreps_in2.randn(num_edges, -1, dtype=torch.float64)
+        torch.testing.assert_close(layer.edge_messages(x, y, weights), layer.message(x, y, weights))

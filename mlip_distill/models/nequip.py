@@ -20,19 +20,78 @@ def natural_irreps(channels: int, l_max: int) -> o3.Irreps:
     return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(l_max + 1)])
 
 
+class EdgeMessages(nn.Module):
+    """The "uvu" tensor product of a :class:`InteractionLayer`'s messages, computed path by path.
+
+    Gives what ``product(features, harmonics, weights)`` gives (to float round-off), for an
+    ``o3.TensorProduct`` whose second input has multiplicity one and whose every path is
+    weighted per edge and per channel. e3nn's generated code is general: it broadcasts every
+    path to five dimensions, slices its inputs (each slice costs a zero-filled copy of the whole
+    input in the backward pass) and forms outer products as batched products of 1-wide
+    matrices. Here each path is one or two broadcast multiplications, with the per-edge weights
+    applied on whichever side of the coupling is smaller. No parameters: the product's
+    Clebsch–Gordan coefficients and path normalisation are kept as (non-persistent) buffers.
+
+    Shapes: ``features`` (E, irreps_in1.dim), ``harmonics`` (E, irreps_in2.dim), ``weights``
+    (E, weight_numel) → (E, irreps_out.dim).
+    """
+
+    def __init__(self, product: o3.TensorProduct) -> None:
+        super().__init__()
+        if any(mul != 1 for mul, _ in product.irreps_in2):
+            raise ValueError(f"second input must have multiplicity one, got {product.irreps_in2}")
+        self.feature_sizes = [mul_ir.dim for mul_ir in product.irreps_in1]
+        self.harmonic_sizes = [mul_ir.dim for mul_ir in product.irreps_in2]
+        self.paths: list[tuple[int, int, int, int, int]] = []  # (i_in1, i_in2, mul, d_in, d_out)
+        for index, instruction in enumerate(product.instructions):
+            if instruction.connection_mode != "uvu" or not instruction.has_weight:
+                raise ValueError(f"only weighted 'uvu' paths, got {instruction}")
+            if instruction.i_out != index:
+                raise ValueError("paths must produce the output irreps in order")
+            mul, ir_in = product.irreps_in1[instruction.i_in1]
+            ir_sh, ir_out = product.irreps_in2[instruction.i_in2].ir, product.irreps_out[instruction.i_out].ir
+            coupling = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l) * instruction.path_weight
+            self.register_buffer(f"coupling_{index}", coupling.to(torch.get_default_dtype()), persistent=False)
+            self.paths.append((instruction.i_in1, instruction.i_in2, mul, ir_in.dim, ir_out.dim))
+
+    def forward(self, features: Tensor, harmonics: Tensor, weights: Tensor) -> Tensor:
+        num_edges = features.shape[0]
+        feature_blocks = torch.split(features, self.feature_sizes, dim=1)
+        harmonic_blocks = torch.split(harmonics, self.harmonic_sizes, dim=1)
+        weight_blocks = torch.split(weights, [path[2] for path in self.paths], dim=1)
+        messages = []
+        for index, (i_in1, i_in2, mul, d_in, d_out) in enumerate(self.paths):
+            coupling: Tensor = getattr(self, f"coupling_{index}")  # (d_in, d_sh, d_out)
+            x = feature_blocks[i_in1].reshape(num_edges, mul, d_in)
+            weight = weight_blocks[index].unsqueeze(-1)
+            # harmonics coupled to each input component: (E, d_in, d_out)
+            coupled = torch.einsum("ej,ijk->eik", harmonic_blocks[i_in2], coupling)
+            if d_in == 1:
+                message = (x * weight) * coupled
+            elif d_out == 1:
+                message = (x * coupled.transpose(1, 2)).sum(dim=-1, keepdim=True) * weight
+            else:
+                message = (x.unsqueeze(-1) * coupled.unsqueeze(1)).sum(dim=2) * weight
+            messages.append(message.reshape(num_edges, mul * d_out))
+        return torch.cat(messages, dim=1)
+
+
 class InteractionLayer(nn.Module):
     """One message-passing layer.
 
-    ``h_i' = Gate(W_{Z_i} · Σ_j R(r_ij) (x_j ⊗ Y(r̂_ij)) / sqrt(n̄) + SelfConnection(h_i))`` with
-    ``x = Linear(h)``, radial weights R from an MLP of a Bessel basis times the cutoff envelope,
-    ``W_{Z_i}`` a linear map that depends on the centre atom's element, and a gated
-    nonlinearity. Nothing in it has a bias, so an atom with zero features and no neighbours
-    keeps zero features.
+    ``h_i' = Gate(W_{Z_i} · Σ_j R(r_ij) (x_j ⊗ Y(r̂_ij)) u(r_ij) / sqrt(n̄) + SelfConnection(h_i))``
+    with ``x = Linear(h)``, radial weights R from an MLP (``radial``) of a Bessel basis, the
+    cutoff envelope u, ``W_{Z_i}`` a linear map that depends on the centre atom's element, and a
+    gated nonlinearity. Nothing in it has a bias, so an atom with zero features and no
+    neighbours keeps zero features.
+
+    The caller evaluates ``radial`` and multiplies the harmonics by ``u / sqrt(n̄)`` (the
+    messages are linear in both), once per call for all layers.
 
     Shapes:
         ``features`` (N, irreps_in.dim), ``species_one_hot`` (N, S), ``edge_index`` (2, E),
-        ``edge_harmonics`` (E, irreps_sh.dim), ``radial_basis`` (E, num_basis),
-        ``envelope`` (E,) → (N, irreps_out.dim).
+        ``edge_harmonics`` (E, irreps_sh.dim) times ``u / sqrt(n̄)``, ``radial_weights``
+        (E, message.weight_numel) → (N, irreps_out.dim).
     """
 
     def __init__(
@@ -43,7 +102,6 @@ class InteractionLayer(nn.Module):
         num_species: int,
         num_basis: int,
         radial_hidden: int,
-        avg_num_neighbors: float,
         self_connection: bool,
     ) -> None:
         super().__init__()
@@ -65,10 +123,11 @@ class InteractionLayer(nn.Module):
             shared_weights=False,
             internal_weights=False,
         )
+        self.edge_messages = EdgeMessages(self.message)
+        # evaluated by NequIP.radial_weights, for all layers at once
         self.radial = FullyConnectedNet(
             [num_basis, radial_hidden, self.message.weight_numel], torch.nn.functional.silu
         )
-        self.neighbour_normalisation = 1.0 / math.sqrt(avg_num_neighbors)
 
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
@@ -90,16 +149,15 @@ class InteractionLayer(nn.Module):
         species_one_hot: Tensor,
         edge_index: Tensor,
         edge_harmonics: Tensor,
-        radial_basis: Tensor,
-        envelope: Tensor,
+        radial_weights: Tensor,
     ) -> Tensor:
         centre, neighbour = edge_index[0], edge_index[1]
-        weights = self.radial(radial_basis) * envelope.unsqueeze(-1)
-        messages = self.message(self.linear_in(features)[neighbour], edge_harmonics, weights)
+        neighbour_features = torch.index_select(self.linear_in(features), 0, neighbour)
+        messages = self.edge_messages(neighbour_features, edge_harmonics, radial_weights)
         aggregated = torch.zeros(
             features.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device
         ).index_add(0, centre, messages)
-        update = self.element_linear(aggregated * self.neighbour_normalisation, species_one_hot)
+        update = self.element_linear(aggregated, species_one_hot)
         if self.self_connection is not None:
             update = update + self.self_connection(features)
         return self.gate(update)
@@ -173,7 +231,6 @@ class NequIP(StudentPotential):
                     self.num_species,
                     num_basis,
                     radial_hidden,
-                    self.avg_num_neighbors,
                     self_connection=index > 0,
                 )
             )
@@ -200,18 +257,34 @@ class NequIP(StudentPotential):
     def node_feature_irreps(self) -> dict[str, str]:
         return {f"layer_{index + 1}": str(layer.irreps_out) for index, layer in enumerate(self.layers)}
 
+    def radial_weights(self, radial_basis: Tensor) -> list[Tensor]:
+        """``[layer.radial(radial_basis) for layer in self.layers]``, (E, weight_numel) each, to
+        float round-off, with one matrix product for the first layer of every radial MLP (they
+        share their input) and the scale factors of e3nn's layers applied to the (small) weight
+        matrices instead of the (E, hidden) activations."""
+        radials = [layer.radial for layer in self.layers]
+        first = torch.cat([r[0].weight / math.sqrt(r[0].h_in * r[0].var_in) for r in radials], dim=1)
+        hidden = radials[0][0].act(radial_basis @ first)  # the same normalised SiLU in every layer
+        chunks = torch.split(hidden, [r[0].h_out for r in radials], dim=1)
+        return [
+            chunk @ (r[1].weight * math.sqrt(r[0].var_out * r[1].var_out / (r[1].h_in * r[1].var_in)))
+            for r, chunk in zip(radials, chunks)
+        ]
+
     def interaction_energies(
         self, species: Tensor, edge_index: Tensor, edge_vectors: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         distances = torch.linalg.norm(edge_vectors, dim=-1)
-        edge_harmonics = self.spherical_harmonics(edge_vectors)
         radial_basis = self.radial_basis(distances)
-        envelope = self.envelope(distances)
+        # Messages are linear in the harmonics: the envelope and the neighbour normalisation
+        # are applied to them once, for every layer.
+        edge_scale = self.envelope(distances) / math.sqrt(self.avg_num_neighbors)
+        edge_harmonics = self.spherical_harmonics(edge_vectors) * edge_scale.unsqueeze(-1)
         species_one_hot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
 
         features = self.embedding(species)
         node_features: dict[str, Tensor] = {}
-        for index, layer in enumerate(self.layers):
-            features = layer(features, species_one_hot, edge_index, edge_harmonics, radial_basis, envelope)
+        for index, (layer, weights) in enumerate(zip(self.layers, self.radial_weights(radial_basis))):
+            features = layer(features, species_one_hot, edge_index, edge_harmonics, weights)
             node_features[f"layer_{index + 1}"] = features
         return self.readout(features).squeeze(-1), node_features
