@@ -12,6 +12,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from torch_geometric.data import Batch, Data
 
+from .captured_step import CapturedStep
 from .data.graph import neighbour_list_on_device
 from .package import Potential, PotentialError, load_potential, read_metadata
 
@@ -32,6 +33,10 @@ class StudentCalculator(Calculator):
             cannot run in ``dtype``), the eager one (``False``), or the compiled one where the
             package has it for this dtype and the CPU (``"auto"``). Both give the same numbers
             to float32 precision; ``self.compiled`` says which runs.
+        cuda_graph: on a CUDA device, record each evaluation as a CUDA graph for the current
+            neighbour list and replay it until the next build (see
+            :mod:`mlip_distill.captured_step`): one launch per step instead of hundreds. Every
+            pair within ``cutoff + skin`` is then evaluated (beyond the cutoff they add zero).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -43,6 +48,7 @@ class StudentCalculator(Calculator):
         dtype: str | None = None,
         skin: float = 1.0,
         compiled: bool | str = "auto",
+        cuda_graph: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +63,8 @@ class StudentCalculator(Calculator):
         runnable = potential.compiled is not None and potential.compiled.network_dtype == potential.model.dtype
         if compiled is True and not runnable:
             raise PotentialError("this potential has no compiled model loaded in its dtype (load_potential(compiled=True))")
+        if cuda_graph and torch.device(device).type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, not {device!r}")
         self.potential = potential
         self.compiled = compiled is not False and runnable
         self.model = (potential.compiled if self.compiled else potential.model).to(device)
@@ -66,6 +74,8 @@ class StudentCalculator(Calculator):
         self.skin = float(skin)
         self.neighbour_list_builds = 0
         self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
+        self.cuda_graph = bool(cuda_graph) and not self.compiled
+        self._captured: dict[bool, CapturedStep] = {}  # by "with stress", for the current neighbour list
         self._graph = None
         self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -106,16 +116,21 @@ class StudentCalculator(Calculator):
             num_nodes=len(atoms),
         )
         self._graph = Batch.from_data_list([graph])
+        self._captured = {}
         self._reference = (positions, atoms.cell.array.copy(), atoms.pbc.copy(), atoms.numbers.copy())
         self.neighbour_list_builds += 1
 
-    def _graph_for(self, atoms: Atoms) -> Batch:
-        # The only copy to the device per call: the positions ASE integrates on the host.
+    def _positions(self, atoms: Atoms) -> torch.Tensor:
+        """Positions (N, 3) on the device, the only copy to it per call; the neighbour list is
+        rebuilt first when they have moved too far."""
         positions = torch.as_tensor(atoms.positions, device=self.device)
         if self._needs_rebuild(atoms, positions):
             self._rebuild(atoms, positions)
+        return positions.to(self.dtype)
+
+    def _graph_for(self, atoms: Atoms) -> Batch:
+        positions = self._positions(atoms)
         graph = self._graph
-        positions = positions.to(self.dtype)
         centres, neighbours = graph.edge_index
         vectors = positions[neighbours] - positions[centres] + graph.cell_shifts @ graph.cell[0]
         within = vectors.square().sum(dim=1) < self.cutoff**2
@@ -125,11 +140,25 @@ class StudentCalculator(Calculator):
         current.cell_shifts = graph.cell_shifts[within]
         return current
 
+    def _replay(self, atoms: Atoms, want_stress: bool) -> dict:
+        positions = self._positions(atoms)
+        if want_stress not in self._captured:
+            try:
+                self._captured[want_stress] = CapturedStep(self.model, self._graph, want_stress)
+            except RuntimeError as exc:  # an operation the capture refuses: run eagerly from now on
+                warnings.warn(f"cuda_graph turned off: recording the student failed ({exc})", stacklevel=2)
+                self.cuda_graph = False
+                return self.model(self._graph_for(atoms), compute_forces=True, compute_stress=want_stress)
+        return self._captured[want_stress](positions)
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        batch = self._graph_for(self.atoms)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
-        output = self.model(batch, compute_forces=True, compute_stress=want_stress, create_graph=False)
+        if self.cuda_graph:
+            output = self._replay(self.atoms, want_stress)
+        else:
+            batch = self._graph_for(self.atoms)
+            output = self.model(batch, compute_forces=True, compute_stress=want_stress, create_graph=False)
         energy = float(output["energy"].detach().sum())
         self.results = {
             "energy": energy,

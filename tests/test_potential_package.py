@@ -108,3 +108,24 @@ def test_other_format_versions_say_which_version_they_need(package):
 def test_missing_package_is_one_line(tmp_path):
     with pytest.raises(PotentialError, match="no such potential package"):
         load_potential(tmp_path / "nothing")
+
+
+def test_pairs_between_cutoff_and_skin_add_nothing(package):
+    """The premise of the CUDA-graph path: evaluating every pair within cutoff + skin gives the
+    same energy, forces and stress as the pairs within the cutoff alone."""
+    atoms = rattled_copper(seed=3)
+    calculator = StudentCalculator(package, dtype="float64", skin=1.5)
+    within_cutoff = calculator._graph_for(atoms)
+    every_pair = calculator._graph
+    assert every_pair.edge_index.shape[1] > within_cutoff.edge_index.shape[1]
+    outputs = [
+        calculator.model(graph, compute_forces=True, compute_stress=True, create_graph=False)
+        for graph in (within_cutoff, every_pair)
+    ]
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_graph_needs_a_cuda_device(package):
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        StudentCalculator(package, cuda_graph=True)
