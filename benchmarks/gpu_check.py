@@ -293,7 +293,7 @@ def cuda_graph_agreement(potential_dir: str, device: str) -> dict[str, Any]:
     the neighbour list is rebuilt and the graph recorded again)."""
     atoms = diamond(3)
     MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=np.random.default_rng(1))
-    eager = StudentCalculator(potential_dir, device=device, skin=0.3)
+    eager = StudentCalculator(potential_dir, device=device, skin=0.3, cuda_graph=False)
     replayed = StudentCalculator(potential_dir, device=device, skin=0.3, cuda_graph=True)
     worst = {"energy_mev_per_atom": 0.0, "forces_mev_per_A": 0.0, "stress_mev_per_A3": 0.0}
     atoms.calc = eager
@@ -447,7 +447,7 @@ def main() -> None:
         potential_dir = report.part("untrained_potential", lambda: untrained_potential(work))
     if potential_dir and "md" not in args.skip:
         report.part("md", lambda: md_throughput(
-            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=1.0),
+            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=1.0, cuda_graph=False),
             repeats, args.steps, 5.0, args.device, breakdown=True))
     if potential_dir and "md_cuda_graph" not in args.skip and args.device.startswith("cuda"):
         report.part("cuda_graph_agreement", lambda: cuda_graph_agreement(potential_dir, args.device))

@@ -17,6 +17,11 @@ from .data.graph import neighbour_list_on_device
 from .package import Potential, PotentialError, load_potential, read_metadata
 
 
+# Above this many atoms the eager path, which evaluates only the pairs within the cutoff, was
+# faster than replaying a CUDA graph of every pair within cutoff + skin (H200, 1 Å skin).
+CUDA_GRAPH_MAX_ATOMS = 20_000
+
+
 class StudentCalculator(Calculator):
     """Energy, per-atom energies, forces and stress of a student, for ASE.
 
@@ -37,6 +42,8 @@ class StudentCalculator(Calculator):
             neighbour list and replay it until the next build (see
             :mod:`mlip_distill.captured_step`): one launch per step instead of hundreds. Every
             pair within ``cutoff + skin`` is then evaluated (beyond the cutoff they add zero).
+            ``"auto"`` (default) records structures of up to :data:`CUDA_GRAPH_MAX_ATOMS` atoms,
+            where launches cost more than the extra pairs (``benchmarks/results/gpu_check``).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -48,7 +55,7 @@ class StudentCalculator(Calculator):
         dtype: str | None = None,
         skin: float = 1.0,
         compiled: bool | str = "auto",
-        cuda_graph: bool = False,
+        cuda_graph: bool | str = "auto",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,7 +70,10 @@ class StudentCalculator(Calculator):
         runnable = potential.compiled is not None and potential.compiled.network_dtype == potential.model.dtype
         if compiled is True and not runnable:
             raise PotentialError("this potential has no compiled model loaded in its dtype (load_potential(compiled=True))")
-        if cuda_graph and torch.device(device).type != "cuda":
+        if cuda_graph not in (True, False, "auto"):
+            raise ValueError(f"cuda_graph must be True, False or 'auto', not {cuda_graph!r}")
+        on_cuda = torch.device(device).type == "cuda"
+        if cuda_graph is True and not on_cuda:
             raise ValueError(f"cuda_graph=True needs a CUDA device, not {device!r}")
         self.potential = potential
         self.compiled = compiled is not False and runnable
@@ -74,7 +84,7 @@ class StudentCalculator(Calculator):
         self.skin = float(skin)
         self.neighbour_list_builds = 0
         self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
-        self.cuda_graph = bool(cuda_graph) and not self.compiled
+        self.cuda_graph = cuda_graph if on_cuda and not self.compiled else False
         self._captured: dict[bool, CapturedStep] = {}  # by "with stress", for the current neighbour list
         self._graph = None
         self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -154,7 +164,7 @@ class StudentCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
-        if self.cuda_graph:
+        if self.cuda_graph is True or (self.cuda_graph == "auto" and len(self.atoms) <= CUDA_GRAPH_MAX_ATOMS):
             output = self._replay(self.atoms, want_stress)
         else:
             batch = self._graph_for(self.atoms)
