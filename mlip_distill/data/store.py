@@ -564,39 +564,45 @@ class LabelStore:
         indices = np.array([self._index(i) for i in indices], dtype=np.int64)
         if len(np.unique(indices)) != len(indices):
             raise ValueError("set_labels: an index appears twice")
-        n_atoms = np.diff(self._offsets)
+        # Python ints, one per label dict: indexing numpy arrays one value at a time costs more
+        index_list = indices.tolist()
+        n_atoms = (self._offsets[indices + 1] - self._offsets[indices]).tolist()
         required = [{key: value for key, value in label.items() if key in LABEL_KEYS}
                     for label in labels]
         # check_labels (one structure at a time) only where the vectorised check is not enough
-        clean = clean_labels(required, n_atoms[indices])
-        checked = []
-        for i, label, basic, is_clean in zip(indices, labels, required, clean):
+        clean = clean_labels(required, n_atoms).tolist()
+        checked, looked_at = [], []
+        for k, (i, label, basic) in enumerate(zip(index_list, labels, required)):
+            if clean[k] and len(basic) == len(label):
+                checked.append(basic)
+                continue
             where = f"{self._name}: structure {i}"
             extras = {key: value for key, value in label.items() if key not in LABEL_KEYS}
             checked.append(
                 {
-                    **(basic if is_clean else check_labels(basic, int(n_atoms[i]), where)),
-                    **_check_optional_labels(extras, int(n_atoms[i]), where),
+                    **(basic if clean[k] else check_labels(basic, n_atoms[k], where)),
+                    **_check_optional_labels(extras, n_atoms[k], where),
                 }
             )
+            looked_at.append(k)
         group = f["labels"][source] if source in f["labels"] else self._create_source(source)
-        for i, label in zip(indices, checked):
+        for k in looked_at:
             self._prepare_optional_datasets(
-                group, label, feature_irreps or {}, f"{self._name}: structure {i}"
+                group, checked[k], feature_irreps or {}, f"{self._name}: structure {index_list[k]}"
             )
-        order = np.argsort(indices)
+        order = np.argsort(indices).tolist()
         for key, dataset in _label_datasets(group):
             if replace:
                 rows = [
                     (
-                        indices[k],
+                        index_list[k],
                         checked[k][key] if key in checked[k]
-                        else _missing(dataset, n_atoms[indices[k]]),
+                        else _missing(dataset, n_atoms[k]),
                     )
                     for k in order
                 ]
             else:
-                rows = [(indices[k], checked[k][key]) for k in order if key in checked[k]]
+                rows = [(index_list[k], checked[k][key]) for k in order if key in checked[k]]
             if rows:
                 _write_rows(dataset, rows, self._offsets)
         if provenance is not None:

@@ -201,8 +201,10 @@ class _Chunk:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return None
-        reasons = [str(reason) for reason in arrays.pop("reason")]
+        reasons = arrays.pop("reason").tolist()
         n_atoms = arrays.pop("n_atoms").tolist()
+        input_indices = arrays.pop("input_index").tolist()
+        has_features = any(key.startswith("features/") for key in arrays)
         labels: list[dict] = []
         structure, atom = 0, 0
         for n, reason in zip(n_atoms, reasons):
@@ -211,11 +213,11 @@ class _Chunk:
                 continue
             flat = {
                 key: values[structure] if key in _PER_STRUCTURE else values[atom : atom + n]
-                for key, values in arrays.items() if key != "input_index"
+                for key, values in arrays.items()
             }
-            labels.append(_unflatten(flat))
+            labels.append(_unflatten(flat) if has_features else flat)
             structure, atom = structure + 1, atom + n
-        return cls(arrays["input_index"].tolist(), n_atoms, labels, reasons)
+        return cls(input_indices, n_atoms, labels, reasons)
 
 
 def _flatten(labels: dict) -> dict[str, np.ndarray]:
