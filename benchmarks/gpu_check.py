@@ -350,9 +350,7 @@ def step_breakdown(atoms: Any, device: str) -> dict[str, float]:
 def markdown(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     lines = [
-        f"# GPU check: {env.get('gpu', env.get('device'))}",
-        "",
-        f"torch {env.get('torch')}, e3nn {env.get('e3nn')}, vesin {env.get('vesin')}, sevenn {env.get('sevenn')}, "
+        f"**{env.get('gpu', env.get('device'))}**, torch {env.get('torch')}, e3nn {env.get('e3nn')}, vesin {env.get('vesin')}, sevenn {env.get('sevenn')}, "
         f"Python {env.get('python')}. Non-finite values seen anywhere: **{results.get('nonfinite')}**. "
         "Command: `bash benchmarks/gpu_check.sh` (see `benchmarks/gpu_check.py`).",
         "",
@@ -363,7 +361,7 @@ def markdown(results: dict[str, Any]) -> str:
                   f"({labelling['structures']} cells of 64 atoms in {labelling['seconds']} s).", ""]
     training_results = results.get("training")
     if isinstance(training_results, dict):
-        lines += ["## Training (experiment=si_sevennet, 64-atom cells)", "",
+        lines += ["### Training (experiment=si_sevennet, 64-atom cells)", "",
                   "| precision | structures/s | ms/step | final train loss | val F RMSE (meV/Å) |", "|---|---|---|---|---|"]
         for precision in PRECISIONS:
             row = training_results.get(precision, {})
@@ -383,7 +381,7 @@ def markdown(results: dict[str, Any]) -> str:
     if isinstance(student, list):
         by_atoms = {row["atoms"]: row for row in teacher} if isinstance(teacher, list) else {}
         graphed = {row["atoms"]: row for row in replayed} if isinstance(replayed, list) else {}
-        lines += ["## MD, velocity Verlet at 300 K, diamond Si", "",
+        lines += ["### MD, velocity Verlet at 300 K, diamond Si", "",
                   "| atoms | student ms/step | student atom-steps/s | NL builds | peak GiB | with CUDA graph ms/step "
                   "| SevenNet-0 ms/step | speed-up (best student) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -411,7 +409,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{agreement['forces_mev_per_A']} meV/Å, {agreement['stress_mev_per_A3']} meV/Å³.")
     errors = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
     if errors:
-        lines += ["", "## Errors", ""] + [f"- {name}: {message}" for name, message in errors.items()]
+        lines += ["", "### Errors", ""] + [f"- {name}: {message}" for name, message in errors.items()]
     lines.append(f"\nSeconds per part: {results.get('seconds')}")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,9 @@
 #     ase==3.29.0 vesin==0.6.2 hydra-core==1.3.8 omegaconf==2.3.1 sevenn==0.13.0 braceexpand \
 #     matscipy==1.3.1 e3nn==0.6.0
 #   python3 -m pip wheel --no-deps antlr4-python3-runtime==4.9.3 -w .whl
-# Results: $OUT/gpu_check.{json,md} (OUT defaults to benchmarks/results/gpu_check).
+# Results: $OUT/gpu_check.{json,md} (OUT defaults to benchmarks/results/gpu_check); keep them as
+# benchmarks/results/gpu_check_<card>.{json,md} (e.g. gpu_check_h200) and run
+# `python benchmarks/reference_training.py` to put them into benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_check}

@@ -109,6 +109,8 @@ SECTIONS = {
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
     "labelling_overhead": "Labelling overhead (`python benchmarks/labelling_overhead.py`)",
+    "gpu_check_h200": "One GPU, NVIDIA H200: training and MD throughput against SevenNet-0 (`bash benchmarks/gpu_check.sh`)",
+    "gpu_check_h100": "One GPU, NVIDIA H100: training and MD throughput against SevenNet-0 (`bash benchmarks/gpu_check.sh`)",
 }
 
 
@@ -159,3 +161,7 @@ def md_validation_table(reports: Sequence[Path]) -> list[str]:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
+
+
+if __name__ == "__main__":  # rewrite benchmarks/README.md from the committed results
+    print(regenerate_readme())
