@@ -74,7 +74,8 @@ def test_unused_einsums_are_pruned_without_changing_numbers():
 
 
 def test_nequip_fused_paths_match_e3nn_modules():
-    """The messages and radial weights NequIP computes itself equal e3nn's own modules'."""
+    """The messages, radial weights, element-dependent linear maps and gates NequIP computes
+    itself equal e3nn's own modules'."""
     import torch
 
     torch.manual_seed(0)
@@ -86,3 +87,11 @@ def test_nequip_fused_paths_match_e3nn_modules():
         x = layer.message.irreps_in1.randn(num_edges, -1, dtype=torch.float64)
         y = layer.message.irreps_in2.randn(num_edges, -1, dtype=torch.float64)
         torch.testing.assert_close(layer.edge_messages(x, y, weights), layer.message(x, y, weights))
+        aggregated = layer.message.irreps_out.randn(5, -1, dtype=torch.float64)
+        one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1]), 2).double()
+        torch.testing.assert_close(
+            layer.species_linear(aggregated, one_hot, layer.element_linear.weight),
+            layer.element_linear(aggregated, one_hot),
+        )
+        update = layer.gate.irreps_in.randn(5, -1, dtype=torch.float64)
+        torch.testing.assert_close(layer.gate_activation(update), layer.gate(update))

@@ -76,6 +76,84 @@ class EdgeMessages(nn.Module):
         return torch.cat(messages, dim=1)
 
 
+class SpeciesLinear(nn.Module):
+    """``product(features, species_one_hot, weight)`` of an ``o3.FullyConnectedTensorProduct``
+    whose second input is the one-hot species (``S x 0e``), as one matrix product per path.
+
+    Such a product is a linear map of the features chosen by the atom's element. e3nn's
+    generated code gets there through several reshapes and permutations per path, which
+    dominate at the tens of atoms of a small cell. No parameters: ``weight`` is the product's own.
+
+    Shapes: ``features`` (N, irreps_in1.dim), ``species_one_hot`` (N, S), ``weight``
+    (weight_numel,) → (N, irreps_out.dim).
+    """
+
+    def __init__(self, product: o3.FullyConnectedTensorProduct) -> None:
+        super().__init__()
+        if len(product.irreps_in2) != 1 or product.irreps_in2[0].ir != o3.Irrep("0e"):
+            raise ValueError(f"second input must be one block of scalars, got {product.irreps_in2}")
+        self.in_sizes = [mul_ir.dim for mul_ir in product.irreps_in1]
+        self.out_irreps = [(mul, ir.dim) for mul, ir in product.irreps_out]
+        self.weight_sizes: list[int] = []
+        # per output block: (input block, path index, input multiplicity, coefficient)
+        self.sources: list[list[tuple[int, int, int, float]]] = [[] for _ in product.irreps_out]
+        for index, instruction in enumerate(product.instructions):
+            if instruction.connection_mode != "uvw" or not instruction.has_weight:
+                raise ValueError(f"only weighted 'uvw' paths, got {instruction}")
+            mul_in, ir_in = product.irreps_in1[instruction.i_in1]
+            # the Clebsch-Gordan coefficient of l x 0 -> l is 1/sqrt(2l+1) times the identity
+            coefficient = instruction.path_weight / math.sqrt(ir_in.dim)
+            self.sources[instruction.i_out].append((instruction.i_in1, index, mul_in, coefficient))
+            self.weight_sizes.append(math.prod(instruction.path_shape))
+
+    def forward(self, features: Tensor, species_one_hot: Tensor, weight: Tensor) -> Tensor:
+        num_atoms, num_species = species_one_hot.shape
+        blocks = torch.split(features, self.in_sizes, dim=1)
+        path_weights = torch.split(weight, self.weight_sizes)
+        outputs = []
+        for (mul_out, dim), sources in zip(self.out_irreps, self.sources):
+            output = features.new_zeros(num_atoms, dim, mul_out)
+            for i_in, index, mul_in, coefficient in sources:
+                # (N, dim, mul_in, S): each component's channels, placed in the atom's species column
+                x = blocks[i_in].reshape(num_atoms, mul_in, dim).transpose(1, 2)
+                x = (x.unsqueeze(-1) * species_one_hot[:, None, None, :]).reshape(num_atoms, dim, mul_in * num_species)
+                matrix = path_weights[index].reshape(mul_in * num_species, mul_out) * coefficient
+                output = output + x @ matrix
+            outputs.append(output.transpose(1, 2).reshape(num_atoms, mul_out * dim))
+        return torch.cat(outputs, dim=1)
+
+
+class GateActivation(nn.Module):
+    """What ``gate(x)`` of an ``e3nn.nn.Gate`` gives, as plain splits and products, with the
+    gate's own activation modules. Only for a gate whose input is its scalars, gates and gated
+    irreps in that order (as :class:`InteractionLayer` builds it); e3nn's version copies each
+    block into new tensors through a generated graph.
+
+    Shapes: (N, gate.irreps_in.dim) → (N, gate.irreps_out.dim).
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        order = [index for indices in gate.sc.cut.instructions for index in indices]
+        if order != sorted(order):
+            raise ValueError(f"gate input {gate.irreps_in} is not scalars, gates, gated in order")
+        self.sizes = [gate.irreps_scalars.dim, gate.irreps_gates.dim, gate.irreps_gated.dim]
+        self.gated = [(mul, ir.dim) for mul, ir in gate.irreps_gated]
+        self.act_scalars, self.act_gates = gate.act_scalars, gate.act_gates
+
+    def forward(self, features: Tensor) -> Tensor:
+        scalars, gates, gated = torch.split(features, self.sizes, dim=1)
+        scalars = self.act_scalars(scalars)
+        if not self.gated:
+            return scalars
+        gates = torch.split(self.act_gates(gates), [mul for mul, _ in self.gated], dim=1)
+        blocks = torch.split(gated, [mul * dim for mul, dim in self.gated], dim=1)
+        outputs = [scalars]
+        for (mul, dim), block, gate in zip(self.gated, blocks, gates):
+            outputs.append((block.reshape(-1, mul, dim) * gate.unsqueeze(-1)).reshape(-1, mul * dim))
+        return torch.cat(outputs, dim=1)
+
+
 class InteractionLayer(nn.Module):
     """One message-passing layer.
 
@@ -141,6 +219,8 @@ class InteractionLayer(nn.Module):
         self.element_linear = o3.FullyConnectedTensorProduct(
             self.message.irreps_out, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in
         )
+        self.species_linear = SpeciesLinear(self.element_linear)
+        self.gate_activation = GateActivation(self.gate)
         self.self_connection = o3.Linear(irreps_in, self.gate.irreps_in) if self_connection else None
 
     def forward(
@@ -157,10 +237,10 @@ class InteractionLayer(nn.Module):
         aggregated = torch.zeros(
             features.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device
         ).index_add(0, centre, messages)
-        update = self.element_linear(aggregated, species_one_hot)
+        update = self.species_linear(aggregated, species_one_hot, self.element_linear.weight)
         if self.self_connection is not None:
             update = update + self.self_connection(features)
-        return self.gate(update)
+        return self.gate_activation(update)
 
 
 class NequIP(StudentPotential):
