@@ -63,3 +63,40 @@ def test_bad_schedule_settings_are_named():
         build_schedulers(optimizer, {"name": "linear"}, 10)
     with pytest.raises(ConfigError, match="max_epochs"):
         build_schedulers(optimizer, {"name": "cosine", "warmup_steps": 0}, float("inf"))
+
+
+def test_cosine_of_a_time_limited_run_ends_at_its_floor_when_the_time_is_up():
+    # 1,000 steps planned, but the wall-time limit is used up after 50: the cosine follows the
+    # time and is at eta_min from step 50 on, instead of staying near lr for the whole short run
+    clock = {"step": 0}
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    (config,) = build_schedulers(
+        optimizer, {"name": "cosine", "warmup_steps": 0, "eta_min": 0.01}, 1000,
+        time_fraction=lambda: min(clock["step"] / 50, 1.0),
+    )
+    used = []
+    for step in range(60):
+        clock["step"] = step
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        config["scheduler"].step()
+    assert used[26] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 25 / 50)))
+    assert used[52:] == pytest.approx([0.01] * 8)
+
+
+def test_the_module_reads_the_share_of_the_time_limit_from_lightnings_timer():
+    from pytorch_lightning.callbacks import Timer
+
+    from mlip_distill.training.module import StudentModule
+
+    timer = Timer(duration={"seconds": 1000})
+    timer.on_train_start(None, None)
+    module = StudentModule.__new__(StudentModule)  # only its trainer is read
+    fake_trainer = type("FakeTrainer", (), {"callbacks": [timer]})()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StudentModule, "trainer", property(lambda self: fake_trainer))
+        share = module._time_fraction()
+        assert share is not None and 0.0 <= share() < 0.01
+        fake_trainer.callbacks = []
+        assert module._time_fraction() is None

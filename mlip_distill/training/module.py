@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
 import torch
 from torch import Tensor, nn
 
@@ -195,5 +196,21 @@ class StudentModule(pl.LightningModule):
         # the loss's own parameters (feature projection heads) train with the student
         parameters = list(self.model.parameters()) + list(self.loss.parameters())
         optimizer = optimizers[name](parameters, **options)
-        schedulers = build_schedulers(optimizer, self.scheduler_options, self.trainer.estimated_stepping_batches)
+        schedulers = build_schedulers(
+            optimizer, self.scheduler_options, self.trainer.estimated_stepping_batches, self._time_fraction()
+        )
         return [optimizer], schedulers
+
+    def _time_fraction(self):
+        """The share of the run's wall-time limit used so far, or None without a limit. Read
+        from Lightning's Timer, whose elapsed time a resumed run restores from the checkpoint."""
+        timers = [callback for callback in self.trainer.callbacks if isinstance(callback, Timer)]
+        if not timers:
+            return None
+        timer = timers[0]
+
+        def fraction() -> float:
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+            return elapsed / (elapsed + remaining) if remaining is not None and elapsed + remaining > 0 else 0.0
+
+        return fraction

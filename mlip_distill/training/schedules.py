@@ -4,16 +4,18 @@ annealing, reduce-on-plateau or a constant rate.
 The warmup is :class:`torch.optim.lr_scheduler.LinearLR`, stepped every optimiser step. It and
 reduce-on-plateau both change the learning rate multiplicatively, so a plateau reduction during
 the warmup is kept rather than overwritten. Cosine annealing follows the warmup in one
-:class:`~torch.optim.lr_scheduler.SequentialLR` and runs over optimiser steps, not epochs.
+:class:`~torch.optim.lr_scheduler.SequentialLR` and runs over optimiser steps, not epochs; in a
+run with a wall-time limit it runs over whichever ends the run first, steps or time, so that a
+time-limited run still ends at ``eta_min`` rather than stopping high up the cosine.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau, SequentialLR
 
 from .errors import ConfigError
 
@@ -33,7 +35,28 @@ def _warmup(optimizer: torch.optim.Optimizer, steps: int, start_lr: float | None
     return LambdaLR(optimizer, lambda k: start + (1.0 - start) * min(k / total, 1.0))
 
 
-def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any], total_steps: int) -> list[dict]:
+def _cosine(optimizer: torch.optim.Optimizer, decay_steps: int, eta_min: float,
+            time_fraction: Callable[[], float] | None) -> LambdaLR:
+    """From ``lr`` down to ``eta_min`` along a half cosine of progress ``max(k / decay_steps,
+    time_fraction())`` at optimiser step k (capped at 1)."""
+    lr = optimizer.param_groups[0]["lr"]
+    floor = eta_min / lr if lr > 0 else 0.0
+
+    def factor(k: int) -> float:
+        progress = k / decay_steps
+        if time_fraction is not None:
+            progress = max(progress, time_fraction())
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return LambdaLR(optimizer, factor)
+
+
+def build_schedulers(
+    optimizer: torch.optim.Optimizer,
+    options: Mapping[str, Any],
+    total_steps: int,
+    time_fraction: Callable[[], float] | None = None,
+) -> list[dict]:
     """Lightning scheduler configs for ``optimizer`` as the ``scheduler`` config says.
 
     Args:
@@ -46,6 +69,8 @@ def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any
             ``patience``, ``min_lr``, ``threshold``.
         total_steps: optimiser steps of the whole run (Lightning's ``estimated_stepping_batches``),
             the length of the cosine when ``decay_steps`` is null.
+        time_fraction: for a run with a wall-time limit, the share of it used so far (0 to 1);
+            the cosine then ends at ``eta_min`` when the time is up, if that comes first.
     Returns:
         Scheduler configs for ``configure_optimizers``, possibly empty.
     """
@@ -64,7 +89,10 @@ def build_schedulers(optimizer: torch.optim.Optimizer, options: Mapping[str, Any
             if not math.isfinite(total_steps):
                 raise ConfigError("scheduler=cosine runs over the whole training: set trainer.max_epochs or scheduler.decay_steps")
             decay_steps = max(int(total_steps) - warmup_steps, 1)
-        cosine = CosineAnnealingLR(optimizer, T_max=int(decay_steps), **options)
+        eta_min = float(options.pop("eta_min", 0.0))
+        if options:
+            raise ConfigError(f"scheduler=cosine: unknown setting(s) {', '.join(sorted(options))}")
+        cosine = _cosine(optimizer, int(decay_steps), eta_min, time_fraction)
         if warmup_steps:
             scheduler = SequentialLR(optimizer, [_warmup(optimizer, warmup_steps, start_lr), cosine], milestones=[warmup_steps])
         else:
