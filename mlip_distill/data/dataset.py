@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -11,8 +12,11 @@ import torch
 from torch_geometric.data import Data
 
 from mlip_distill.data.errors import DataError
-from mlip_distill.data.graph import build_graph
+from mlip_distill.data.graph import _OFFSET_NAME_PARTS, FEATURES_PREFIX, HVP_KEYS, build_graph
+from mlip_distill.data.graph_cache import GraphCache
 from mlip_distill.data.store import LabelStore
+
+log = logging.getLogger(__name__)
 
 
 class GraphDataset(torch.utils.data.Dataset):
@@ -21,8 +25,11 @@ class GraphDataset(torch.utils.data.Dataset):
     Each item is read from the file when asked for, with the labels of one source (NaN where
     missing), ``structure_id`` set to the store index and ``system_id`` to the store's; on
     request also the source's node features of some layers (``features_<layer>`` (N, F)) and its
-    Hessian-vector products (``hvp_v``, ``hvp_hv`` (N, K, 3)). The store reopens its file in each
-    DataLoader worker, so ``num_workers > 0`` is safe.
+    Hessian-vector products (``hvp_v``, ``hvp_hv`` (N, K, 3)). The edges come from the graph
+    cache beside the label file when ``graph_cache`` is set (built there once, see
+    :mod:`mlip_distill.data.graph_cache`), otherwise from a neighbour list built per item. The
+    store and the cache reopen their files in each DataLoader worker, so ``num_workers > 0`` is
+    safe.
 
     Attributes:
         indices: (len(self),) int64 store indices of the items, in order.
@@ -42,6 +49,7 @@ class GraphDataset(torch.utils.data.Dataset):
         cache: bool = False,
         features: Sequence[str] = (),
         hessian: bool = False,
+        graph_cache: bool | str | Path = False,
     ) -> None:
         """
         Args:
@@ -57,9 +65,14 @@ class GraphDataset(torch.utils.data.Dataset):
                 not modify them in place.
             features: feature layers of the source to load (default none: batches stay small).
             hessian: load the source's Hessian-vector products.
+            graph_cache: read the edges from a graph cache: True for the one beside the label
+                file (:func:`~mlip_distill.data.graph_cache.graph_cache_path`), or its path;
+                built first when absent or stale. Where it cannot be written, the neighbour
+                lists are built per item instead, with a warning.
         Raises:
             DataError: the source is absent or lacks the requested features or Hessian-vector
-                products, an index is out of range, or no structure is left.
+                products, a feature layer has a name torch-geometric would offset, an index is
+                out of range, or no structure is left.
         """
         self.store = LabelStore(store_path)
         self.source = source
@@ -80,6 +93,11 @@ class GraphDataset(torch.utils.data.Dataset):
                 raise DataError(
                     f"{name}: source '{source}' has no node features of layer '{layer}' "
                     f"(layers: {known})"
+                )
+            if any(part in layer for part in _OFFSET_NAME_PARTS):
+                raise DataError(
+                    f"{name}: feature layer '{layer}': torch-geometric would offset a field "
+                    f"whose name contains {', '.join(_OFFSET_NAME_PARTS)} when batching"
                 )
         self.feature_irreps = {layer: stored_layers[layer] for layer in self.features}
         self.hvp_probes = self.store.hvp_probes(source) if self.hessian else 0
@@ -107,6 +125,18 @@ class GraphDataset(torch.utils.data.Dataset):
             )
         self.indices = candidates[keep]
         self._cache: dict[int, Data] | None = {} if cache else None
+        self.graph_cache = self._open_graph_cache(graph_cache) if graph_cache else None
+
+    def _open_graph_cache(self, graph_cache: bool | str | Path) -> GraphCache | None:
+        path = None if graph_cache is True else Path(graph_cache)
+        try:
+            return GraphCache(self.store.path, self.cutoff, path)
+        except OSError as exc:
+            log.warning(
+                f"{self.store.path}: cannot write a graph cache ({exc}); neighbour lists are "
+                "built per item instead"
+            )
+            return None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -116,24 +146,63 @@ class GraphDataset(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         arrays = self.store.arrays(index)
-        graph = build_graph(
-            arrays["numbers"],
-            arrays["positions"],
-            arrays["cell"],
-            arrays["pbc"],
-            self.cutoff,
-            labels=(
-                self.store.labels(self.source, index, features=self.features, hessian=self.hessian)
-                if self.source is not None
-                else None
-            ),
-            structure_id=index,
-            system_id=arrays["system_id"],
-            dtype=self.dtype,
+        labels = (
+            self.store.labels(self.source, index, features=self.features, hessian=self.hessian)
+            if self.source is not None
+            else None
         )
+        if self.graph_cache is None:
+            graph = build_graph(
+                arrays["numbers"], arrays["positions"], arrays["cell"], arrays["pbc"], self.cutoff,
+                labels=labels, structure_id=index, system_id=arrays["system_id"], dtype=self.dtype,
+            )
+        else:
+            graph = _graph_with_edges(
+                arrays, self.graph_cache.edges(index), labels, index, self.dtype
+            )
         if self._cache is not None:
             self._cache[index] = graph
         return graph
+
+
+def _graph_with_edges(
+    arrays: dict,
+    edges: tuple[np.ndarray, np.ndarray],
+    labels: dict | None,
+    structure_id: int,
+    dtype: torch.dtype | None,
+) -> Data:
+    """The graph :func:`~mlip_distill.data.graph.build_graph` makes of one structure's arrays
+    (:meth:`~mlip_distill.data.store.LabelStore.arrays`) and labels, with the neighbour list
+    ``edges`` (``edge_index`` (2, E), ``cell_shifts`` (E, 3)) given instead of built."""
+    dtype = dtype or torch.get_default_dtype()
+    n = len(arrays["numbers"])
+    edge_index, cell_shifts = edges
+    labels = labels or {}
+    shapes = {"energy": (1,), "forces": (n, 3), "stress": (1, 6), "atomic_energies": (n,)}
+    fields = {
+        key: torch.full(shape, float("nan"), dtype=dtype) if labels.get(key) is None
+        else torch.as_tensor(labels[key], dtype=dtype).reshape(shape)
+        for key, shape in shapes.items()
+    }
+    for layer, value in labels.get("features", {}).items():
+        fields[FEATURES_PREFIX + layer] = torch.as_tensor(value, dtype=dtype).reshape(n, -1)
+    for key in HVP_KEYS:
+        if key in labels:
+            fields[key] = torch.as_tensor(labels[key], dtype=dtype).reshape(n, -1, 3)
+    return Data(
+        pos=torch.as_tensor(arrays["positions"], dtype=dtype),
+        numbers=torch.as_tensor(arrays["numbers"], dtype=torch.int64),
+        cell=torch.as_tensor(arrays["cell"], dtype=dtype).reshape(1, 3, 3),
+        pbc=torch.as_tensor(arrays["pbc"], dtype=torch.bool).reshape(1, 3),
+        edge_index=torch.as_tensor(edge_index),
+        cell_shifts=torch.as_tensor(cell_shifts, dtype=dtype),
+        n_atoms=torch.tensor([n]),
+        structure_id=torch.tensor([structure_id]),
+        system_id=torch.tensor([arrays["system_id"]]),
+        num_nodes=n,
+        **fields,
+    )
 
 
 def split_indices(

@@ -27,6 +27,9 @@ class LabelFileDataModule(pl.LightningDataModule):
         cutoff: neighbour cutoff in Å (the student's).
         n_valid / valid_fraction: size of the held-out split (``n_valid`` wins when set).
         require: labels a structure must have to be used.
+        cache: read the neighbour lists from the graph cache beside the label file (built there
+            once, :mod:`~mlip_distill.data.graph_cache`) instead of building them for every
+            item; either way nothing of the whole dataset is held in memory.
         features / hessian: teacher feature layers and Hessian-vector products to load.
         valid_indices: store indices to hold out, instead of a random split; keeps the
             validation set fixed while the label file grows (on-policy rounds).
@@ -86,7 +89,7 @@ class LabelFileDataModule(pl.LightningDataModule):
             raise DataError("data.max_atoms_per_batch and data.conformers_per_system cannot both be set")
         self.seed = seed if shuffle_seed is None else shuffle_seed
         dataset = GraphDataset(
-            self.path, source, self.cutoff, require=tuple(require), cache=cache, dtype=dtype,
+            self.path, source, self.cutoff, require=tuple(require), graph_cache=cache, dtype=dtype,
             features=tuple(features), hessian=hessian,
         )
         self.dataset = dataset
