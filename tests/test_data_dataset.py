@@ -154,3 +154,13 @@ def test_a_layer_name_torch_geometric_would_offset_is_refused():
     features = {"features": {"batch_norm": np.zeros((1, 2))}}
     with pytest.raises(ValueError, match="feature layer 'batch_norm'"):
         build_graph([29], [[0, 0, 0]], np.eye(3) * 5.0, [True] * 3, 3.0, labels=features)
+
+
+def test_a_stored_layer_torch_geometric_would_offset_is_refused_when_opening(store_path):
+    with LabelStore(store_path, "a") as store:
+        store.set_labels(
+            "reference", [0], [{"features": {"batch_norm": np.zeros((4, 1))}}],
+            feature_irreps={"batch_norm": "1x0e"},
+        )
+    with pytest.raises(DataError, match="feature layer 'batch_norm': torch-geometric would offset"):
+        GraphDataset(store_path, "reference", cutoff=3.0, indices=[0], features=("batch_norm",))

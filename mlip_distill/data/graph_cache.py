@@ -52,7 +52,8 @@ from mlip_distill.data.graph import neighbour_list
 
 FORMAT_VERSION = 1
 _CHUNK_EDGES = 8192  # rows per HDF5 chunk: small, as items are read one structure at a time
-_BLOCK_ATOMS = 1 << 18  # atoms read, hashed or given neighbour lists at once (bounded memory)
+_BLOCK_ROWS = 1 << 18  # rows read at once to hash or verify a dataset (bounded memory)
+_BLOCK_ATOMS = 1 << 18  # atoms given neighbour lists at once
 _BLOCK_STRUCTURES = 4096
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,6 @@ class GraphCache:
         start, stop = self._offsets[index], self._offsets[index + 1]
         return edge_index[start:stop].T.astype(np.int64), cell_shifts[start:stop].astype(np.int64)
 
-    def close(self) -> None:
-        """Close the file (it reopens on the next :meth:`edges`)."""
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = self._pid = self._datasets = None
-
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None, "_pid": None, "_datasets": None}
 
@@ -142,14 +137,12 @@ def structures_checksum(store_path: str | Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     with h5py.File(store_path, "r") as f:
         structures = f["structures"]
-        offsets = structures["offsets"][:]
-        digest.update(offsets.astype("<i8").tobytes())
-        for name in ("cell", "pbc"):
-            digest.update(np.ascontiguousarray(structures[name][:]).tobytes())
-        positions = structures["positions"]
-        for start in range(0, len(positions), _BLOCK_ATOMS):
-            digest.update(positions[start : start + _BLOCK_ATOMS].astype("<f8").tobytes())
-    return digest.hexdigest(), len(offsets) - 1
+        for name in ("offsets", "cell", "pbc", "positions"):
+            dataset = structures[name]
+            for start in range(0, len(dataset), _BLOCK_ROWS):
+                digest.update(np.ascontiguousarray(dataset[start : start + _BLOCK_ROWS]).tobytes())
+        n_structures = len(structures["offsets"]) - 1
+    return digest.hexdigest(), n_structures
 
 
 def build_graph_cache(
@@ -254,8 +247,8 @@ def _why_unusable(path: Path, cutoff: float, checksum: str, n_structures: int) -
                 return "is inconsistent (edge counts)"
             for name in ("edge_index", "cell_shifts"):  # reading checks every chunk's checksum
                 dataset = cache[name]
-                for start in range(0, len(dataset), _BLOCK_ATOMS):
-                    dataset[start : start + _BLOCK_ATOMS]
+                for start in range(0, len(dataset), _BLOCK_ROWS):
+                    dataset[start : start + _BLOCK_ROWS]
     except (OSError, KeyError, ValueError, TypeError) as exc:
         return f"is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
     return None
