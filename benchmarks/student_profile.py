@@ -45,6 +45,7 @@ import torch
 import vesin
 from ase import Atoms
 from ase.build import bulk
+from ase.calculators.calculator import all_changes
 
 import mlip_distill.models.conservative as conservative
 from mlip_distill.calculator import StudentCalculator
@@ -79,21 +80,26 @@ def random_student(seed: int = 0) -> Potential:
 
 def baseline_student(revision: str, student: torch.nn.Module, workdir: Path) -> torch.nn.Module:
     """``student``'s architecture and weights, built by the ``mlip_distill/models`` of git
-    ``revision`` (imported as the package ``baseline_models``)."""
-    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                               check=True, cwd=BENCHMARKS).stdout.strip())
+    ``revision``, or of a folder holding a copy of it (where git is not at hand), imported as
+    the package ``baseline_models``."""
     package = workdir / "baseline_models"
     package.mkdir()
-    listing = subprocess.run(["git", "ls-tree", "--name-only", revision, "mlip_distill/models/"],
-                             capture_output=True, text=True, check=True, cwd=root).stdout.split()
-    for path in listing:
-        source = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True,
-                                check=True, cwd=root).stdout
-        (package / Path(path).name).write_text(source.replace("mlip_distill.models", "baseline_models"))
+    if Path(revision).is_dir():
+        sources = {path.name: path.read_text() for path in Path(revision).glob("*.py")}
+    else:
+        git = ["git", "-C", str(BENCHMARKS)]
+        listing = subprocess.run([*git, "ls-tree", "--name-only", "--full-tree", revision, "mlip_distill/models/"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        sources = {
+            Path(path).name: subprocess.run([*git, "show", f"{revision}:{path}"], capture_output=True, text=True,
+                                            check=True).stdout
+            for path in listing
+        }
+    for name, source in sources.items():
+        (package / name).write_text(source.replace("mlip_distill.models", "baseline_models"))
     sys.path.insert(0, str(workdir))
     models = importlib.import_module("baseline_models")
-    hyperparameters = student.hyperparameters()
-    baseline = models.build_model(student.name, **hyperparameters)
+    baseline = models.build_model(student.name, **student.hyperparameters())
     baseline.load_state_dict(student.state_dict())
     return baseline.eval()
 
@@ -160,24 +166,37 @@ def structures(repeat: int, mode: str, count: int) -> Iterator[Atoms]:
         yield atoms
 
 
-def step(atoms: Atoms, calculator) -> float:
-    """One energy + forces + stress step through ASE, s."""
+def step(atoms: Atoms, calculator) -> tuple[float, float]:
+    """One energy + forces + stress step through ASE: wall and process CPU time, s."""
     atoms.calc = calculator
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def one_call(atoms: Atoms, calculator) -> tuple[float, float]:
+    """Energy, forces and stress from a single ``calculate`` call (wall and CPU time, s): the
+    step's time if the calculator computed the stress whenever the cell is periodic."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    calculator.calculate(atoms, ["energy", "forces", "stress"], all_changes)
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def profile_student(calculator: StudentCalculator, repeat: int, mode: str, calls: int, warmup: int) -> dict:
     """Median step time and parts, ms."""
     timer = PartTimer()
-    totals, parts, model_calls = [], defaultdict(list), []
+    totals, singles, cpu, parts, model_calls = [], [], defaultdict(list), defaultdict(list), []
     with instrumented(calculator, timer):
         for k, atoms in enumerate(structures(repeat, mode, warmup + calls)):
-            total = step(atoms, calculator)
+            total, total_cpu = step(atoms, calculator)
             seconds, n_calls = timer.take()
+            single, single_cpu = one_call(atoms.copy(), calculator)
+            timer.take()
             if k < warmup:
                 continue
+            singles.append(single)
+            cpu["step"].append(total_cpu)
+            cpu["one_call"].append(single_cpu)
             graph = seconds.get("graph building", 0.0)
             split = {
                 "neighbour list": seconds.get("neighbour list", 0.0),
@@ -192,19 +211,24 @@ def profile_student(calculator: StudentCalculator, repeat: int, mode: str, calls
                 parts[part].append(value)
     return {
         "step_ms": 1e3 * median(totals),
+        "one_call_ms": 1e3 * median(singles),
+        "step_cpu_ms": 1e3 * median(cpu["step"]),
+        "one_call_cpu_ms": 1e3 * median(cpu["one_call"]),
         "model_calls": int(median(model_calls)),
         "parts_ms": {part: 1e3 * median(parts[part]) for part in PARTS},
     }
 
 
 def compare(calculators: dict[str, object], repeat: int, mode: str, calls: int, warmup: int) -> dict[str, float]:
-    """Median step time, ms, of each calculator, interleaved on the same structures."""
+    """Median step wall time (``name``) and CPU time (``name_cpu``), ms, of each calculator,
+    interleaved on the same structures."""
     times = defaultdict(list)
     for k, atoms in enumerate(structures(repeat, mode, warmup + calls)):
         for name, calculator in calculators.items():
-            elapsed = step(atoms.copy(), calculator)
+            elapsed, elapsed_cpu = step(atoms.copy(), calculator)
             if k >= warmup:
                 times[name].append(elapsed)
+                times[f"{name}_cpu"].append(elapsed_cpu)
     return {name: 1e3 * median(values) for name, values in times.items()}
 
 
@@ -213,87 +237,88 @@ def largest_part(parts: dict[str, float]) -> str:
 
 
 def markdown(record: dict) -> str:
-    rows = [
-        "| atoms | edges | mode | step ms | model calls | " + " | ".join(f"{p} ms" for p in PARTS)
-        + " | largest part | SevenNet-0 ms | SevenNet-0 / student |",
-        "|---|---|---|---|---|" + "---|" * len(PARTS) + "---|---|---|",
-    ]
-    for size in record["sizes"]:
-        for mode in ("new", "md"):
-            entry = size[mode]
-            teacher = size.get("teacher_ms")
-            teacher_cells = (f"{teacher:.0f} | {teacher / entry['step_ms']:.1f}×" if teacher and mode == "new"
-                             else "– | –")
-            rows.append(
-                f"| {size['atoms']} | {size['edges']} | {mode} | {entry['step_ms']:.1f} | {entry['model_calls']} | "
-                + " | ".join(f"{entry['parts_ms'][p]:.2f}" for p in PARTS)
-                + f" | {largest_part(entry['parts_ms'])} | {teacher_cells} |"
-            )
     lines = [
-        f"Student: `experiment=si_sevennet` architecture ({record['student']}, {record['n_parameters']:,} parameters), "
-        f"eager, float32. {record['threads']} threads, torch {record['torch']}, median of {record['calls']} steps "
-        f"after {record['warmup']} warm-ups; load average {record['load_before']} before, {record['load_after']} after "
-        f"(2 cores shared with other jobs: ±30 % between runs).",
-        "",
-        *rows,
+        f"Student: `experiment=si_sevennet` architecture ({record['student']}, {record['n_parameters']:,} "
+        f"parameters), eager, float32, torch {record['torch']}; SevenNet-0 in the same process with the same "
+        f"threads. Medians of {record['calls']} steps after {record['warmup']} warm-ups. The machine has 2 cores "
+        "that other jobs shared (load average below): wall times vary by tens of per cent between runs, and "
+        "with 2 threads far more whenever the cores are oversubscribed.",
         "",
         "A step is `get_potential_energy()`, `get_forces()`, `get_stress()`; `new`: a new rattled cell each step, "
         "no skin (as SevenNet-0 is timed); `md`: 0.01 Å moves, 1 Å skin, neighbour list reused. Parts are summed "
-        "over a step's model calls.",
+        "over a step's model calls. `one call`: the same cell through a single `calculate(atoms, "
+        "['energy', 'forces', 'stress'])`, what a step costs when the calculator computes the stress with the "
+        "energy.",
     ]
-    if record.get("baseline"):
-        base = record["baseline"]
+    for run in record["runs"]:
         lines += [
             "",
-            f"Before / after (models of `{base['revision']}` against the working tree, same weights, interleaved, "
-            "`new` mode):",
+            f"### {run['threads']} thread(s); load average {run['load_before']} before, {run['load_after']} after",
             "",
-            "| atoms | before ms | after ms | speed-up | SevenNet-0 / before | SevenNet-0 / after |",
-            "|---|---|---|---|---|---|",
+            "| atoms | edges | mode | step ms | model calls | " + " | ".join(f"{p} ms" for p in PARTS)
+            + " | largest part | one call ms | SevenNet-0 ms | SevenNet-0 / step | SevenNet-0 / one call |",
+            "|---|---|---|---|---|" + "---|" * len(PARTS) + "---|---|---|---|---|",
         ]
-        for size in record["sizes"]:
-            entry, teacher = size["baseline"], size.get("teacher_ms")
-            ratio = (lambda ms: f"{teacher / ms:.1f}×" if teacher else "–")
-            lines.append(
-                f"| {size['atoms']} | {entry['before_ms']:.1f} | {entry['after_ms']:.1f} | "
-                f"{entry['before_ms'] / entry['after_ms']:.2f}× | {ratio(entry['before_ms'])} | {ratio(entry['after_ms'])} |"
-            )
+        for size in run["sizes"]:
+            for mode in ("new", "md"):
+                entry, teacher = size[mode], size.get("teacher_ms")
+                teacher_cells = (
+                    f"{teacher:.0f} | {teacher / entry['step_ms']:.1f}× | {teacher / entry['one_call_ms']:.1f}×"
+                    if teacher and mode == "new" else "– | – | –"
+                )
+                lines.append(
+                    f"| {size['atoms']} | {size['edges']} | {mode} | {entry['step_ms']:.1f} | {entry['model_calls']} | "
+                    + " | ".join(f"{entry['parts_ms'][p]:.2f}" for p in PARTS)
+                    + f" | {largest_part(entry['parts_ms'])} | {entry['one_call_ms']:.1f} | {teacher_cells} |"
+                )
+        if any("teacher_cpu_ms" in size for size in run["sizes"]):
+            lines += [
+                "",
+                "Process CPU time per step, `new` mode (only the time this process ran: less sensitive to other "
+                "jobs than wall time):",
+                "",
+                "| atoms | student step CPU ms | student one call CPU ms | SevenNet-0 CPU ms | SevenNet-0 / step | "
+                "SevenNet-0 / one call |",
+                "|---|---|---|---|---|---|",
+            ]
+            for size in run["sizes"]:
+                entry, teacher = size["new"], size["teacher_cpu_ms"]
+                lines.append(
+                    f"| {size['atoms']} | {entry['step_cpu_ms']:.1f} | {entry['one_call_cpu_ms']:.1f} | {teacher:.0f} | "
+                    f"{teacher / entry['step_cpu_ms']:.1f}× | {teacher / entry['one_call_cpu_ms']:.1f}× |"
+                )
+        if record.get("baseline"):
+            lines += [
+                "",
+                f"Before / after: the models of `{record['baseline']}` against the working tree, same weights, "
+                "interleaved step by step, `new` mode:",
+                "",
+                "| atoms | before ms | after ms | speed-up | before CPU ms | after CPU ms | CPU speed-up | "
+                "SevenNet-0 / before | SevenNet-0 / after |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for size in run["sizes"]:
+                entry, teacher = size["baseline"], size.get("teacher_ms")
+                ratio = (lambda ms: f"{teacher / ms:.1f}×" if teacher else "–")
+                lines.append(
+                    f"| {size['atoms']} | {entry['before_ms']:.1f} | {entry['after_ms']:.1f} | "
+                    f"{entry['before_ms'] / entry['after_ms']:.2f}× | {entry['before_cpu_ms']:.1f} | "
+                    f"{entry['after_cpu_ms']:.1f} | {entry['before_cpu_ms'] / entry['after_cpu_ms']:.2f}× | "
+                    f"{ratio(entry['before_ms'])} | {ratio(entry['after_ms'])} |"
+                )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--potential", type=Path, help="a student package; default: random si_sevennet student")
-    parser.add_argument("--repeats", type=int, nargs="+", default=list(REPEATS), help="cubic cells per side")
-    parser.add_argument("--calls", type=int, default=9, help="timed steps per size and mode")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--teacher-calls", type=int, default=5, help="timed SevenNet-0 steps (0: skip it)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
-    parser.add_argument("--baseline", metavar="REV", help="also time the models of this git revision")
-    parser.add_argument("--output", type=Path, default=RESULTS / "student_profile")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    potential = load_potential(args.potential) if args.potential else random_student()
+def profile(potential: Potential, before: Potential | None, teacher, args: argparse.Namespace, threads: int) -> dict:
+    """Every size and mode at ``threads`` threads (``before``: the baseline student, if any)."""
+    torch.set_num_threads(threads)
     student = StudentCalculator(potential, skin=0.0, compiled=False)
     student_md = StudentCalculator(potential, compiled=False)
-    teacher = None
-    if args.teacher_calls:
-        from mlip_distill.teachers import load_teacher
-
-        teacher = load_teacher("sevennet:7net-0").ase_calculator()
-    workdir = tempfile.TemporaryDirectory()
     baseline = None
-    if args.baseline:
-        before = Potential(model=baseline_student(args.baseline, potential.model, Path(workdir.name)),
-                           metadata=potential.metadata)
+    if before is not None:
         baseline = {"before": StudentCalculator(before, skin=0.0, compiled=False), "after": student}
-
     record = {
-        "student": str(args.potential or "random weights"),
-        "n_parameters": sum(p.numel() for p in potential.model.parameters()),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "calls": args.calls,
-        "warmup": args.warmup, "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()), "sizes": [],
+        "threads": torch.get_num_threads(), "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()), "sizes": [],
     }
     for repeat in args.repeats:
         atoms = diamond(repeat, seed=0)
@@ -304,15 +329,50 @@ def main() -> None:
             "md": profile_student(student_md, repeat, "md", args.calls, args.warmup),
         }
         if teacher is not None:
-            size["teacher_ms"] = compare({"teacher": teacher}, repeat, "new", args.teacher_calls, 1)["teacher"]
+            teacher_times = compare({"teacher": teacher}, repeat, "new", args.teacher_calls, 1)
+            size["teacher_ms"], size["teacher_cpu_ms"] = teacher_times["teacher"], teacher_times["teacher_cpu"]
         if baseline:
             times = compare(baseline, repeat, "new", args.calls, args.warmup)
-            size["baseline"] = {"before_ms": times["before"], "after_ms": times["after"]}
+            size["baseline"] = {key + "_ms": value for key, value in times.items()}
         record["sizes"].append(size)
         print(json.dumps(size), flush=True)
     record["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    if args.baseline:
-        record["baseline"] = {"revision": args.baseline}
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--potential", type=Path, help="a student package; default: random si_sevennet student")
+    parser.add_argument("--repeats", type=int, nargs="+", default=list(REPEATS), help="cubic cells per side")
+    parser.add_argument("--calls", type=int, default=9, help="timed steps per size and mode")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--teacher-calls", type=int, default=5, help="timed SevenNet-0 steps (0: skip it)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[int(os.environ.get("OMP_NUM_THREADS", 2))],
+                        help="torch threads; one profile per value")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the models of this git revision (or of a folder with a copy of them)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "student_profile")
+    args = parser.parse_args()
+
+    potential = load_potential(args.potential) if args.potential else random_student()
+    teacher = None
+    if args.teacher_calls:
+        from mlip_distill.teachers import load_teacher
+
+        teacher = load_teacher("sevennet:7net-0").ase_calculator()
+    record = {
+        "student": str(args.potential or "random weights"),
+        "n_parameters": sum(p.numel() for p in potential.model.parameters()),
+        "torch": torch.__version__, "calls": args.calls, "warmup": args.warmup, "baseline": args.baseline,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        before = None
+        if args.baseline:
+            model = baseline_student(args.baseline, potential.model, Path(workdir))
+            before = Potential(model=model, metadata=potential.metadata)
+        for threads in args.threads:
+            record["runs"].append(profile(potential, before, teacher, args, threads))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown(record)
