@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 from e3nn import o3
+from e3nn.math import normalize2mom
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
@@ -55,6 +56,11 @@ class EdgeMessages(nn.Module):
             self.paths.append((instruction.i_in1, instruction.i_in2, mul, ir_in.dim, ir_out.dim))
 
     def forward(self, features: Tensor, harmonics: Tensor, weights: Tensor) -> Tensor:
+        return torch.cat(self.path_messages(features, harmonics, weights), dim=1)
+
+    def path_messages(self, features: Tensor, harmonics: Tensor, weights: Tensor) -> list[Tensor]:
+        """The messages of each path, (E, mul * d_out) each: :meth:`forward` before the
+        concatenation, which a caller that sums them over neighbours can do on atoms instead."""
         num_edges = features.shape[0]
         feature_blocks = torch.split(features, self.feature_sizes, dim=1)
         harmonic_blocks = torch.split(harmonics, self.harmonic_sizes, dim=1)
@@ -73,7 +79,7 @@ class EdgeMessages(nn.Module):
             else:
                 message = (x.unsqueeze(-1) * coupled.unsqueeze(1)).sum(dim=2) * weight
             messages.append(message.reshape(num_edges, mul * d_out))
-        return torch.cat(messages, dim=1)
+        return messages
 
 
 class SpeciesLinear(nn.Module):
@@ -233,10 +239,12 @@ class InteractionLayer(nn.Module):
     ) -> Tensor:
         centre, neighbour = edge_index[0], edge_index[1]
         neighbour_features = torch.index_select(self.linear_in(features), 0, neighbour)
-        messages = self.edge_messages(neighbour_features, edge_harmonics, radial_weights)
-        aggregated = torch.zeros(
-            features.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device
-        ).index_add(0, centre, messages)
+        messages = self.edge_messages.path_messages(neighbour_features, edge_harmonics, radial_weights)
+        # summed over neighbours path by path, then joined: the join then copies atoms, not edges
+        aggregated = torch.cat(
+            [message.new_zeros(features.shape[0], message.shape[1]).index_add(0, centre, message) for message in messages],
+            dim=1,
+        )
         update = self.species_linear(aggregated, species_one_hot, self.element_linear.weight)
         if self.self_connection is not None:
             update = update + self.self_connection(features)
@@ -344,10 +352,17 @@ class NequIP(StudentPotential):
         matrices instead of the (E, hidden) activations."""
         radials = [layer.radial for layer in self.layers]
         first = torch.cat([r[0].weight / math.sqrt(r[0].h_in * r[0].var_in) for r in radials], dim=1)
-        hidden = radials[0][0].act(radial_basis @ first)  # the same normalised SiLU in every layer
+        # The same normalised SiLU in every layer; its normalisation constant goes into the
+        # second matrices rather than over the (E, hidden) activations.
+        activation = radials[0][0].act
+        activation_scale = 1.0
+        if isinstance(activation, normalize2mom):
+            activation, activation_scale = activation.f, (1.0 if activation._is_id else activation.cst)
+        hidden = activation(radial_basis @ first)
         chunks = torch.split(hidden, [r[0].h_out for r in radials], dim=1)
         return [
-            chunk @ (r[1].weight * math.sqrt(r[0].var_out * r[1].var_out / (r[1].h_in * r[1].var_in)))
+            chunk
+            @ (r[1].weight * (activation_scale * math.sqrt(r[0].var_out * r[1].var_out / (r[1].h_in * r[1].var_in))))
             for r, chunk in zip(radials, chunks)
         ]
 
