@@ -284,8 +284,8 @@ def markdown(record: dict) -> str:
             for size in run["sizes"]:
                 entry, teacher = size["new"], size["teacher_cpu_ms"]
                 lines.append(
-                    f"| {size['atoms']} | {entry['step_cpu_ms']:.1f} | {entry['one_call_cpu_ms']:.1f} | {teacher:.0f} | "
-                    f"{teacher / entry['step_cpu_ms']:.1f}× | {teacher / entry['one_call_cpu_ms']:.1f}× |"
+                    f"| {size['atoms']} | {entry['step_cpu_ms']:.1f} | {entry['one_call_cpu_ms']:.1f} | "
+                    f"{teacher:.0f} | {teacher / entry['step_cpu_ms']:.1f}× | {teacher / entry['one_call_cpu_ms']:.1f}× |"
                 )
         if record.get("baseline"):
             lines += [

@@ -50,29 +50,6 @@ def test_nequip_rejects_unsupported_l_max():
         NequIP([1], CUTOFF, l_max=3)
 
 
-def test_unused_einsums_are_pruned_without_changing_numbers():
-    import copy
-
-    import torch
-    from e3nn import o3
-
-    from mlip_distill.models.e3nn_codegen import prune_unused_einsums
-
-    irreps_in, irreps_sh = o3.Irreps("4x0e+4x1o"), o3.Irreps("1x0e+1x1o")
-    instructions = [(0, 0, 0, "uvu", True), (1, 1, 1, "uvu", True)]
-    product = o3.TensorProduct(
-        irreps_in, irreps_sh, "4x0e+4x0e", instructions, shared_weights=False, internal_weights=False
-    )
-    x, y = irreps_in.randn(5, -1), irreps_sh.randn(5, -1)
-    weights = torch.randn(5, product.weight_numel)
-    expected = product(x, y, weights)
-    assert prune_unused_einsums(product) > 0
-    assert prune_unused_einsums(product) == 0
-    torch.testing.assert_close(product(x, y, weights), expected, rtol=0, atol=0)
-    assert prune_unused_einsums(copy.deepcopy(product)) == 0
-    assert prune_unused_einsums(NequIP([14], CUTOFF, channels=4, l_max=1, num_layers=2)) == 0
-
-
 def test_nequip_fused_paths_match_e3nn_modules():
     """The messages, radial weights, element-dependent linear maps and gates NequIP computes
     itself equal e3nn's own modules'."""

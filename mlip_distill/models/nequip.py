@@ -12,7 +12,6 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
 from mlip_distill.models.base import StudentPotential
-from mlip_distill.models.e3nn_codegen import prune_unused_einsums
 from mlip_distill.models.radial import BesselBasis, PolynomialCutoff
 
 
@@ -28,10 +27,12 @@ class EdgeMessages(nn.Module):
     ``o3.TensorProduct`` whose second input has multiplicity one and whose every path is
     weighted per edge and per channel. e3nn's generated code is general: it broadcasts every
     path to five dimensions, slices its inputs (each slice costs a zero-filled copy of the whole
-    input in the backward pass) and forms outer products as batched products of 1-wide
-    matrices. Here each path is one or two broadcast multiplications, with the per-edge weights
-    applied on whichever side of the coupling is smaller. No parameters: the product's
-    Clebsch–Gordan coefficients and path normalisation are kept as (non-persistent) buffers.
+    input in the backward pass), forms outer products as batched products of 1-wide matrices,
+    and, since e3nn runs it eagerly on torch >= 2.10 instead of through TorchScript, also
+    computes outer products that nothing reads (an (E, 32, 1, 3, 3) tensor per call for l = 1).
+    Here each path is one or two broadcast multiplications, with the per-edge weights applied on
+    whichever side of the coupling is smaller. No parameters: the product's Clebsch–Gordan
+    coefficients and path normalisation are kept as (non-persistent) buffers.
 
     Shapes: ``features`` (E, irreps_in1.dim), ``harmonics`` (E, irreps_in2.dim), ``weights``
     (E, weight_numel) → (E, irreps_out.dim).
@@ -241,8 +242,9 @@ class InteractionLayer(nn.Module):
         neighbour_features = torch.index_select(self.linear_in(features), 0, neighbour)
         messages = self.edge_messages.path_messages(neighbour_features, edge_harmonics, radial_weights)
         # summed over neighbours path by path, then joined: the join then copies atoms, not edges
+        num_atoms = features.shape[0]
         aggregated = torch.cat(
-            [message.new_zeros(features.shape[0], message.shape[1]).index_add(0, centre, message) for message in messages],
+            [message.new_zeros(num_atoms, message.shape[1]).index_add(0, centre, message) for message in messages],
             dim=1,
         )
         update = self.species_linear(aggregated, species_one_hot, self.element_linear.weight)
@@ -329,7 +331,6 @@ class NequIP(StudentPotential):
             nn.SiLU(),
             nn.Linear(channels // 2, 1, bias=False),
         )
-        prune_unused_einsums(self)
 
     def architecture_hyperparameters(self) -> dict[str, Any]:
         return {
