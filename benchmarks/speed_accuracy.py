@@ -1,0 +1,182 @@
+"""Speed against accuracy over student sizes, on ``../shared/data/sevennet_si``.
+
+Students of ``experiment=si_sevennet`` with more and more channels, rotation orders and layers are
+each trained for the same number of epochs on ``train.xyz`` (360 cells labelled by SevenNet-0),
+scored on ``valid.xyz`` (RMSE per component against the teacher: energy meV/atom, forces meV/Å,
+stress meV/Å³) and timed on the CPU beside SevenNet-0 (energy + forces + stress per call through
+each model's ASE calculator, 64 and 216 atoms, as in ``benchmarks/sevennet_si.py``).
+
+Two steps, so that training can run where it is fast (a GPU) and timing where it matters (here):
+
+    python benchmarks/speed_accuracy.py train --device cuda --out DIR   # writes DIR/speed_accuracy.tar.gz
+    python benchmarks/speed_accuracy.py time --students DIR             # writes results/speed_accuracy.{json,md,png}
+
+``time`` reads the folder or the ``.tar.gz`` that ``train`` wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from reference_training import regenerate_readme
+from sevennet_si import DATA, RESULTS, seconds_per_call
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.data.store import import_structures
+from mlip_distill.evaluate import evaluate_file
+from mlip_distill.package import load_potential
+from mlip_distill.teachers import load_teacher
+from mlip_distill.training.run import compose_config, train
+
+# (name, channels, l_max, layers)
+SIZES = [("c8-l1-2", 8, 1, 2), ("c16-l1-2", 16, 1, 2), ("c32-l1-2", 32, 1, 2), ("c32-l2-3", 32, 2, 3)]
+ARCHIVE = "speed_accuracy.tar.gz"
+
+
+def train_sizes(data: Path, out: Path, device: str, epochs: int, batch_size: int, sizes: list[str]) -> None:
+    """Train every size for ``epochs`` epochs; pack their potentials and errors into ``out/ARCHIVE``."""
+    work = Path(tempfile.mkdtemp(prefix="speed_accuracy-"))
+    labels = work / "train.h5"
+    import_structures(data / "train.xyz", labels, source="teacher")
+    record = {"epochs": epochs, "batch_size": batch_size, "device": device, "students": {}}
+    if device.startswith("cuda"):
+        record["gpu"] = torch.cuda.get_device_name(device)
+    for name, channels, l_max, layers in SIZES:
+        if sizes and name not in sizes:
+            continue
+        config = compose_config([
+            "experiment=si_sevennet", f"data.path={labels}", f"run_dir={work / name}", "data.n_valid=36",
+            f"data.batch_size={batch_size}", f"model.channels={channels}", f"model.l_max={l_max}",
+            f"model.num_layers={layers}", f"trainer.max_epochs={epochs}", "trainer.max_time=null",
+            f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ])
+        result = train(config)
+        errors = evaluate_file(result.potential_dir, data / "valid.xyz", sources=["reference"])["reference"]
+        n_parameters = sum(p.numel() for p in load_potential(result.potential_dir).model.parameters())
+        record["students"][name] = {
+            "channels": channels, "l_max": l_max, "layers": layers, "parameters": n_parameters,
+            "training_seconds": round(result.seconds, 1), "valid": errors,
+        }
+        print(name, record["students"][name], flush=True)
+        (work / "students.json").write_text(json.dumps(record, indent=2, default=float))
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out / ARCHIVE, "w:gz") as archive:  # rewritten after each size: a cut-off run keeps the rest
+            archive.add(work / "students.json", arcname="students.json")
+            for done in record["students"]:
+                archive.add(work / done / "potential", arcname=done)
+
+
+def unpack(students: Path) -> Path:
+    if students.is_dir() and (students / ARCHIVE).exists():
+        students = students / ARCHIVE
+    if students.is_dir():
+        return students
+    folder = Path(tempfile.mkdtemp(prefix="speed_accuracy-"))
+    with tarfile.open(students) as archive:
+        archive.extractall(folder, filter="data")
+    return folder
+
+
+def time_students(students: Path) -> dict:
+    folder = unpack(students)
+    record = json.loads((folder / "students.json").read_text())
+    teacher = load_teacher("sevennet:7net-0").ase_calculator()
+    teacher_ms = {str(8 * r**3): 1e3 * seconds_per_call(teacher, r) for r in (2, 3)}  # keys as JSON writes them
+    for name, student in record["students"].items():
+        calculator = StudentCalculator(folder / name, skin=0.0)
+        student["speed"] = {}
+        for repeat in (2, 3):
+            n = str(8 * repeat**3)
+            ms = 1e3 * seconds_per_call(calculator, repeat)
+            student["speed"][n] = {"student_ms": ms, "ratio": teacher_ms[n] / ms}
+    record.update(teacher_ms=teacher_ms, threads=torch.get_num_threads())
+    return record
+
+
+def write_results(record: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed_accuracy.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    rows = [
+        "| student | channels | l_max | layers | parameters | E RMSE (meV/atom) | F RMSE (meV/Å) | S RMSE (meV/Å³) "
+        "| ms per call, 64 / 216 atoms | speed vs SevenNet-0, 64 / 216 atoms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in record["students"].items():
+        e = s["valid"]
+        speed = s["speed"]
+        rows.append(
+            f"| {name} | {s['channels']} | {s['l_max']} | {s['layers']} | {s['parameters']:,} | "
+            f"{e['energy_rmse_mev_per_atom']:.2f} | {e['forces_rmse_mev_per_A']:.1f} | "
+            f"{e.get('stress_rmse_mev_per_A3', float('nan')):.2f} | {speed['64']['student_ms']:.1f} / {speed['216']['student_ms']:.1f} | "
+            f"{speed['64']['ratio']:.1f}× / {speed['216']['ratio']:.1f}× |"
+        )
+    teacher = record["teacher_ms"]
+    rows += [
+        "",
+        f"Each student trained for {record['epochs']} epochs (batch {record['batch_size']}, on "
+        f"{record.get('gpu', record['device'])}) on `train.xyz`, scored on the 40 cells of `valid.xyz`; timed on the CPU "
+        f"({record['threads']} threads) beside SevenNet-0 ({teacher['64']:.0f} ms at 64 atoms, {teacher['216']:.0f} ms at 216), "
+        "new structure per call (no neighbour-list reuse). Plot: `results/speed_accuracy.png`.",
+    ]
+    (RESULTS / "speed_accuracy.md").write_text("\n".join(rows) + "\n")
+    plot(record)
+    regenerate_readme()
+    print("\n".join(rows))
+
+
+def plot(record: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    names = list(record["students"])
+    for n_atoms, marker in (("64", "o"), ("216", "s")):
+        speeds = [record["students"][k]["speed"][n_atoms]["ratio"] for k in names]
+        errors = [record["students"][k]["valid"]["forces_rmse_mev_per_A"] for k in names]
+        axis.plot(speeds, errors, marker=marker, label=f"{n_atoms} atoms")
+        if n_atoms == "216":
+            for name, x, y in zip(names, speeds, errors):
+                axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axis.set_xscale("log")
+    axis.set_xlabel("speed-up over SevenNet-0 on the CPU (E+F+S per call)")
+    axis.set_ylabel("force RMSE against SevenNet-0 (meV/Å)")
+    axis.set_title(f"Student size: speed against accuracy ({record['epochs']} epochs each)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / "speed_accuracy.png", dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    training = commands.add_parser("train", help="train every size; pack the students")
+    training.add_argument("--data", type=Path, default=DATA)
+    training.add_argument("--out", type=Path, required=True)
+    training.add_argument("--device", default="cpu")
+    training.add_argument("--epochs", type=int, default=50)
+    training.add_argument("--batch-size", type=int, default=16)
+    training.add_argument("--sizes", nargs="*", default=[], help="names of SIZES to train (default all)")
+    timing = commands.add_parser("time", help="time the students on the CPU beside SevenNet-0; write the results")
+    timing.add_argument("--students", type=Path, required=True, help="the folder or .tar.gz that train wrote")
+    args = parser.parse_args()
+    if args.command == "train":
+        start = time.perf_counter()
+        train_sizes(args.data, args.out, args.device, args.epochs, args.batch_size, args.sizes)
+        print(f"trained in {time.perf_counter() - start:.0f} s")
+    else:
+        write_results(time_students(args.students))
+
+
+if __name__ == "__main__":
+    main()
