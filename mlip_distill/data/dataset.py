@@ -175,6 +175,8 @@ def _graph_with_edges(
     """The graph :func:`~mlip_distill.data.graph.build_graph` makes of one structure's arrays
     (:meth:`~mlip_distill.data.store.LabelStore.arrays`) and labels, with the neighbour list
     ``edges`` (``edge_index`` (2, E), ``cell_shifts`` (E, 3)) given instead of built."""
+    # Mirrors build_graph's fields, which has no way yet to take a neighbour list it is given;
+    # test_graph_cache checks that the two agree field for field.
     dtype = dtype or torch.get_default_dtype()
     n = len(arrays["numbers"])
     edge_index, cell_shifts = edges
