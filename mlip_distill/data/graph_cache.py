@@ -53,7 +53,7 @@ from mlip_distill.data.graph import neighbour_list
 FORMAT_VERSION = 1
 _CHUNK_EDGES = 8192  # rows per HDF5 chunk: small, as items are read one structure at a time
 _BLOCK_ROWS = 1 << 16  # rows read at once to hash or verify a dataset (bounded memory)
-_BLOCK_ATOMS = 1 << 14  # atoms given neighbour lists at once: ~30 MB of edges at 45 per atom
+_BLOCK_ATOMS = 1 << 14  # atoms given neighbour lists at once (~5 MB of edges at 45 per atom)
 _BLOCK_STRUCTURES = 1024
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,12 @@ def _write(store_path: Path, cutoff: float, temp: Path, checksum: str, shift_dty
                     i, j, shift = neighbour_list(positions[local], cells[s - first], pbcs[s - first], cutoff)
                 except ValueError as exc:
                     raise DataError(f"{store_path}: structure {s}: {exc}") from exc
-                pairs.append(np.stack([i, j], axis=1))
-                shifts.append(shift)
+                if shift.size and np.abs(shift).max() > limit:
+                    raise _ShiftsTooLarge
+                pairs.append(np.stack([i, j], axis=1).astype(index_dtype))
+                shifts.append(shift.astype(shift_dtype))
                 edge_offsets[s + 1] = edge_offsets[s] + len(i)
-            block_shifts = np.concatenate(shifts)
-            if block_shifts.size and np.abs(block_shifts).max() > limit:
-                raise _ShiftsTooLarge
-            for name, values in (("edge_index", np.concatenate(pairs)), ("cell_shifts", block_shifts)):
+            for name, values in (("edge_index", np.concatenate(pairs)), ("cell_shifts", np.concatenate(shifts))):
                 dataset = datasets[name]
                 dataset.resize(edge_offsets[last], axis=0)
                 dataset[edge_offsets[first] :] = values
