@@ -73,18 +73,20 @@ def test_graphs_from_the_cache_equal_built_graphs(label_path):
 def test_a_cache_is_built_once_and_reused(label_path, caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="mlip_distill.data.graph_cache"):
         GraphDataset(label_path, "teacher", CUTOFF, graph_cache=True)
-    assert len(caplog.records) == 1 and "graph cache built" in caplog.text
+    assert len(caplog.records) == 1 and "graph cache absent; built the neighbour lists" in caplog.text
     monkeypatch.setattr(graph_cache_module, "neighbour_list", None)  # building would now fail
     caplog.clear()
     dataset = GraphDataset(label_path, "teacher", CUTOFF, graph_cache=True)
     assert not caplog.records and dataset[2].edge_index.shape[1] > 0
 
 
-def rebuilt(label_path, caplog, cutoff=CUTOFF, path=None) -> GraphCache:
+def rebuilt(label_path, caplog, cutoff=CUTOFF, path=None, level=logging.INFO) -> GraphCache:
+    """The cache, after checking that opening it logged one line: that it was rebuilt."""
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="mlip_distill.data.graph_cache"):
         cache = GraphCache(label_path, cutoff, path)
-    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == level
+    assert "; built the neighbour lists of" in caplog.text
     assert "\n" not in caplog.text.strip()
     return cache
 
@@ -133,7 +135,7 @@ def test_a_damaged_cache_is_rebuilt_not_trusted(label_path, caplog, damage):
     else:
         with h5py.File(path, "a") as f:
             del f["cell_shifts"]
-    cache = rebuilt(label_path, caplog)
+    cache = rebuilt(label_path, caplog, level=logging.WARNING)
     assert "unreadable" in caplog.text
     for k, (edge_index, shifts) in enumerate(expected):
         np.testing.assert_array_equal(cache.edges(k)[0], edge_index)

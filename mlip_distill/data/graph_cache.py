@@ -30,10 +30,11 @@ from the cache is the graph :func:`~mlip_distill.data.graph.build_graph` makes, 
 
 A cache is used only when its format, cutoff and structure checksum match the label file and
 every chunk passes its Fletcher-32 checksum; otherwise (absent, stale, truncated or corrupt) it
-is rebuilt, with a one-line log message. Building writes ``.<name>.tmp-<pid>`` in the same
-directory, in chunks of structures, and renames it over the cache when complete: a killed build
-leaves no cache that could be trusted (at worst a stale temporary file). Like the label store, a
-cache reopens its file on first use in each process, so it can be handed to DataLoader workers.
+is rebuilt, with a one-line log message (a warning when the cache was damaged). Building writes
+``.<name>.tmp-<pid>`` in the same directory, in blocks of structures, and renames it over the
+cache when complete: a killed build leaves no cache that could be trusted (at worst a stale
+temporary file). Like the label store, a cache reopens its file on first use in each process,
+so it can be handed to DataLoader workers.
 """
 
 from __future__ import annotations
@@ -91,18 +92,16 @@ class GraphCache:
         self._pid: int | None = None
         self._datasets: tuple[h5py.Dataset, h5py.Dataset] | None = None
         checksum, n_structures = structures_checksum(self.store_path)
-        reason = _why_unusable(self.path, self.cutoff, checksum, n_structures)
-        if reason is not None:
+        unusable = _why_unusable(self.path, self.cutoff, checksum, n_structures)
+        if unusable is not None:
+            level, reason = unusable
             start = time.perf_counter()
             build_graph_cache(self.store_path, self.cutoff, self.path, checksum)
-            built = (
-                f"the neighbour lists of {n_structures} structures at {self.cutoff:g} Å in "
-                f"{time.perf_counter() - start:.1f} s"
+            log.log(
+                level,
+                f"{self.path}: graph cache {reason}; built the neighbour lists of {n_structures} "
+                f"structures at {self.cutoff:g} Å in {time.perf_counter() - start:.1f} s",
             )
-            if reason == "absent":
-                log.info(f"{self.path}: graph cache built: {built}")
-            else:
-                log.warning(f"{self.path}: graph cache {reason}; rebuilt {built}")
         with h5py.File(self.path, "r") as cache:
             self._offsets = cache["offsets"][:]
 
@@ -227,27 +226,30 @@ def _blocks(atom_offsets: np.ndarray):
         first = last
 
 
-def _why_unusable(path: Path, cutoff: float, checksum: str, n_structures: int) -> str | None:
-    """Why the cache at ``path`` cannot be used for this label file and cutoff, or None."""
+def _why_unusable(
+    path: Path, cutoff: float, checksum: str, n_structures: int
+) -> tuple[int, str] | None:
+    """Why the cache at ``path`` cannot be used for this label file and cutoff, with the log
+    level that deserves (a warning for a damaged cache); None when it can."""
     if not path.exists():
-        return "absent"
+        return logging.INFO, "absent"
     try:
         with h5py.File(path, "r") as cache:
             attrs = cache.attrs
             if attrs.get("format_version") != FORMAT_VERSION:
-                return f"has format {attrs.get('format_version')}, not {FORMAT_VERSION}"
+                return logging.INFO, f"has format {attrs.get('format_version')}, not {FORMAT_VERSION}"
             if float(attrs["cutoff"]) != cutoff:
-                return f"is for cutoff {float(attrs['cutoff'])} Å, not {cutoff} Å"
+                return logging.INFO, f"is for cutoff {float(attrs['cutoff'])} Å, not {cutoff} Å"
             if attrs["n_structures"] != n_structures or attrs["structures"] != checksum:
-                return "is for other structures (the label file changed)"
+                return logging.INFO, "is for other structures (the label file changed)"
             offsets = cache["offsets"][:]
             n_edges = offsets[-1] if len(offsets) == n_structures + 1 else -1
             if any(len(cache[name]) != n_edges for name in ("edge_index", "cell_shifts")):
-                return "is inconsistent (edge counts)"
+                return logging.WARNING, "is inconsistent (edge counts)"
             for name in ("edge_index", "cell_shifts"):  # reading checks every chunk's checksum
                 dataset = cache[name]
                 for start in range(0, len(dataset), _BLOCK_ROWS):
                     dataset[start : start + _BLOCK_ROWS]
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        return f"is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        return logging.WARNING, f"is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
     return None
