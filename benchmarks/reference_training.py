@@ -109,6 +109,13 @@ SECTIONS = {
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
     "labelling_overhead": "Labelling overhead (`python benchmarks/labelling_overhead.py`)",
+    "shipped_si": "Shipped silicon student against SevenNet-0 and mlearn DFT (`OMP_NUM_THREADS=1 python benchmarks/shipped_si.py --ship`)",
+    "mlearn": "mlearn Si, Ge, Cu: teachers and distilled students against DFT (`python benchmarks/mlearn.py`)",
+    "speed_accuracy": "Speed against accuracy over student sizes (`python benchmarks/speed_accuracy.py`)",
+    "student_profile": "Where a student's call spends its time (`python benchmarks/student_profile.py`)",
+    "data_pipeline": "Data pipeline: graph cache, loading share, peak memory (`python benchmarks/data_pipeline.py`)",
+    "training_overhead": "Training-stack overhead per step (`python benchmarks/training_overhead.py`)",
+    "peers_sevennet_si": "Peers' trainers rerun beside mlip-distill (`python benchmarks/peers_sevennet_si.py`)",
     "gpu_check_h200": "One GPU, NVIDIA H200: training and MD throughput against SevenNet-0 (`bash benchmarks/gpu_check.sh`)",
     "gpu_check_h100": "One GPU, NVIDIA H100: training and MD throughput against SevenNet-0 (`bash benchmarks/gpu_check.sh`)",
 }

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
@@ -33,7 +34,8 @@ import ase.io
 import numpy as np
 import torch
 from ase import Atoms
-from ase.build import bulk
+
+from sevennet_si import rattled_diamond
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.data.store import LabelStore, import_structures
@@ -73,9 +75,13 @@ def label_counts(path: Path) -> dict[str, int]:
                 "reference": int(store.has_label("reference", "energy").sum())}
 
 
-def train_students(labels: Path, run_dir: Path, overrides: list[str]) -> float:
+def train_students(labels: Path, run_dir: Path, overrides: list[str], n_stages: int | None = None) -> float:
+    """Train ``experiment=si_mlearn_stages`` with ``overrides``; returns the wall seconds.
+    ``n_stages``: run only the first that many stages (2 leaves out QAT)."""
     config = compose_config([f"experiment={EXPERIMENT}", f"data.path={labels.resolve()}", f"run_dir={run_dir.resolve()}",
                              "trainer.enable_progress_bar=false", *overrides])
+    if n_stages is not None:
+        config.stages = config.stages[:n_stages]
     return train(config).seconds
 
 
@@ -100,20 +106,20 @@ def errors_against_dft(calculator, frames: list[Atoms]) -> dict[str, float]:
     }
 
 
-def rattled_diamond(repeat: int, seed: int) -> Atoms:
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(repeat)
-    atoms.rattle(0.05, seed=seed)
-    return atoms
+def diamond_cells(seed: int) -> list[Atoms]:
+    """The cells :func:`timings` times by default: rattled diamond Si of 64 and 216 atoms."""
+    return [rattled_diamond(2, seed), rattled_diamond(3, seed)]
 
 
-def timings(calculators: dict[str, object], repeats: int = 9, warmup: int = 2) -> dict[str, dict[int, dict]]:
-    """Median wall and CPU ms of an energy + forces + stress call per model and cell size; the
-    models take turns call by call."""
-    wall = {name: {n: [] for n in (64, 216)} for name in calculators}
-    cpu = {name: {n: [] for n in (64, 216)} for name in calculators}
+def timings(calculators: dict[str, object], repeats: int = 9, warmup: int = 2,
+            cells: Callable[[int], list[Atoms]] = diamond_cells) -> dict[str, dict[int, dict]]:
+    """Median wall and CPU ms of an energy + forces + stress call per model and cell size (atoms);
+    the models take turns call by call. ``cells(k)`` gives the k-th call's new cells, one per size."""
+    sizes = [len(atoms) for atoms in cells(0)]
+    wall = {name: {n: [] for n in sizes} for name in calculators}
+    cpu = {name: {n: [] for n in sizes} for name in calculators}
     for k in range(warmup + repeats):
-        for repeat in (2, 3):
-            atoms = rattled_diamond(repeat, seed=k)
+        for atoms in cells(k):
             for name, calculator in calculators.items():
                 probe = atoms.copy()
                 probe.calc = calculator
@@ -122,7 +128,7 @@ def timings(calculators: dict[str, object], repeats: int = 9, warmup: int = 2) -
                 if k >= warmup:
                     wall[name][len(atoms)].append(time.perf_counter() - start)
                     cpu[name][len(atoms)].append(time.process_time() - start_cpu)
-    return {name: {n: {"wall_ms": 1e3 * median(wall[name][n]), "cpu_ms": 1e3 * median(cpu[name][n])} for n in (64, 216)}
+    return {name: {n: {"wall_ms": 1e3 * median(wall[name][n]), "cpu_ms": 1e3 * median(cpu[name][n])} for n in sizes}
             for name in calculators}
 
 
