@@ -63,6 +63,11 @@ def test_bad_schedule_settings_are_named():
         build_schedulers(optimizer, {"name": "linear"}, 10)
     with pytest.raises(ConfigError, match="max_epochs"):
         build_schedulers(optimizer, {"name": "cosine", "warmup_steps": 0}, float("inf"))
+    # an experiment's cosine floor left over after `scheduler=plateau` on the command line
+    with pytest.raises(ConfigError, match=r"scheduler=plateau: unknown setting\(s\) eta_min; drop with ~scheduler.eta_min"):
+        build_schedulers(optimizer, {"name": "plateau", "eta_min": 1e-5}, 10)
+    with pytest.raises(ConfigError, match=r"scheduler=constant: unknown setting\(s\) factor"):
+        build_schedulers(optimizer, {"name": "constant", "factor": 0.5}, 10)
 
 
 def test_cosine_of_a_time_limited_run_ends_at_its_floor_when_the_time_is_up():

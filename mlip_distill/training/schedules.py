@@ -20,6 +20,11 @@ from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau, Sequ
 from .errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "plateau")
+SETTINGS = {  # each schedule's own settings, besides name, warmup_steps and warmup_start_lr
+    "constant": set(),
+    "cosine": {"decay_steps", "eta_min"},
+    "plateau": {"monitor", "factor", "patience", "threshold", "threshold_mode", "min_lr", "cooldown", "eps", "mode"},
+}
 
 
 def _warmup(optimizer: torch.optim.Optimizer, steps: int, start_lr: float | None = None) -> LinearLR | LambdaLR:
@@ -82,6 +87,12 @@ def build_schedulers(
         raise ConfigError(f"scheduler.name '{name}': expected one of {', '.join(SCHEDULES)}")
     if warmup_steps < 0:
         raise ConfigError(f"scheduler.warmup_steps {warmup_steps}: expected 0 or more optimiser steps")
+    unknown = sorted(set(options) - SETTINGS[name])
+    if unknown:  # e.g. an experiment's cosine eta_min left over after scheduler=plateau on the command line
+        raise ConfigError(
+            f"scheduler={name}: unknown setting(s) {', '.join(unknown)}; drop with "
+            + " ".join(f"~scheduler.{key}" for key in unknown)
+        )
 
     if name == "cosine":
         decay_steps = options.pop("decay_steps", None)
@@ -90,8 +101,6 @@ def build_schedulers(
                 raise ConfigError("scheduler=cosine runs over the whole training: set trainer.max_epochs or scheduler.decay_steps")
             decay_steps = max(int(total_steps) - warmup_steps, 1)
         eta_min = float(options.pop("eta_min", 0.0))
-        if options:
-            raise ConfigError(f"scheduler=cosine: unknown setting(s) {', '.join(sorted(options))}")
         cosine = _cosine(optimizer, int(decay_steps), eta_min, time_fraction)
         if warmup_steps:
             scheduler = SequentialLR(optimizer, [_warmup(optimizer, warmup_steps, start_lr), cosine], milestones=[warmup_steps])
