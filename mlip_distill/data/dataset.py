@@ -12,7 +12,7 @@ import torch
 from torch_geometric.data import Data
 
 from mlip_distill.data.errors import DataError
-from mlip_distill.data.graph import _OFFSET_NAME_PARTS, FEATURES_PREFIX, HVP_KEYS, build_graph
+from mlip_distill.data.graph import _OFFSET_NAME_PARTS, build_graph
 from mlip_distill.data.graph_cache import GraphCache
 from mlip_distill.data.store import LabelStore
 
@@ -151,60 +151,14 @@ class GraphDataset(torch.utils.data.Dataset):
             if self.source is not None
             else None
         )
-        if self.graph_cache is None:
-            graph = build_graph(
-                arrays["numbers"], arrays["positions"], arrays["cell"], arrays["pbc"], self.cutoff,
-                labels=labels, structure_id=index, system_id=arrays["system_id"], dtype=self.dtype,
-            )
-        else:
-            graph = _graph_with_edges(
-                arrays, self.graph_cache.edges(index), labels, index, self.dtype
-            )
+        graph = build_graph(
+            arrays["numbers"], arrays["positions"], arrays["cell"], arrays["pbc"], self.cutoff,
+            labels=labels, structure_id=index, system_id=arrays["system_id"], dtype=self.dtype,
+            edges=None if self.graph_cache is None else self.graph_cache.edges(index),
+        )
         if self._cache is not None:
             self._cache[index] = graph
         return graph
-
-
-def _graph_with_edges(
-    arrays: dict,
-    edges: tuple[np.ndarray, np.ndarray],
-    labels: dict | None,
-    structure_id: int,
-    dtype: torch.dtype | None,
-) -> Data:
-    """The graph :func:`~mlip_distill.data.graph.build_graph` makes of one structure's arrays
-    (:meth:`~mlip_distill.data.store.LabelStore.arrays`) and labels, with the neighbour list
-    ``edges`` (``edge_index`` (2, E), ``cell_shifts`` (E, 3)) given instead of built."""
-    # Mirrors build_graph's fields, which has no way yet to take a neighbour list it is given;
-    # test_graph_cache checks that the two agree field for field.
-    dtype = dtype or torch.get_default_dtype()
-    n = len(arrays["numbers"])
-    edge_index, cell_shifts = edges
-    labels = labels or {}
-    shapes = {"energy": (1,), "forces": (n, 3), "stress": (1, 6), "atomic_energies": (n,)}
-    fields = {
-        key: torch.full(shape, float("nan"), dtype=dtype) if labels.get(key) is None
-        else torch.as_tensor(labels[key], dtype=dtype).reshape(shape)
-        for key, shape in shapes.items()
-    }
-    for layer, value in labels.get("features", {}).items():
-        fields[FEATURES_PREFIX + layer] = torch.as_tensor(value, dtype=dtype).reshape(n, -1)
-    for key in HVP_KEYS:
-        if key in labels:
-            fields[key] = torch.as_tensor(labels[key], dtype=dtype).reshape(n, -1, 3)
-    return Data(
-        pos=torch.as_tensor(arrays["positions"], dtype=dtype),
-        numbers=torch.as_tensor(arrays["numbers"], dtype=torch.int64),
-        cell=torch.as_tensor(arrays["cell"], dtype=dtype).reshape(1, 3, 3),
-        pbc=torch.as_tensor(arrays["pbc"], dtype=torch.bool).reshape(1, 3),
-        edge_index=torch.as_tensor(edge_index),
-        cell_shifts=torch.as_tensor(cell_shifts, dtype=dtype),
-        n_atoms=torch.tensor([n]),
-        structure_id=torch.tensor([structure_id]),
-        system_id=torch.tensor([arrays["system_id"]]),
-        num_nodes=n,
-        **fields,
-    )
 
 
 def split_indices(

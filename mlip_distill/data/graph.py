@@ -101,6 +101,7 @@ def build_graph(
     structure_id: int = -1,
     system_id: int = -1,
     dtype: torch.dtype | None = None,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Data:
     """One structure as a graph record (see the module docstring for the fields).
 
@@ -110,20 +111,25 @@ def build_graph(
         labels: any of ``energy`` (scalar, eV), ``forces`` (N, 3) eV/Å, ``stress`` (6,) eV/Å³,
             ``atomic_energies`` (N,) eV; missing entries become NaN. Optionally ``features``
             ``{layer: (N, F)}`` and ``hvp_v``, ``hvp_hv`` (N, K, 3), stored as given.
+        edges: the neighbour list within ``cutoff`` when it is known already (a graph cache):
+            ``edge_index`` (2, E) and ``cell_shifts`` (E, 3) integers; built here when None.
     Raises:
         ValueError: a feature layer whose name torch-geometric would mistake for an index.
     """
     dtype = dtype or torch.get_default_dtype()
     numbers = np.asarray(numbers, dtype=np.int64)
     n = len(numbers)
-    i, j, shifts = neighbour_list(positions, cell, pbc, cutoff)
+    if edges is None:
+        i, j, shifts = neighbour_list(positions, cell, pbc, cutoff)
+        edges = (np.stack([i, j]), shifts)
+    edge_index, shifts = edges
     data = Data(
         pos=torch.as_tensor(np.asarray(positions), dtype=dtype),
         numbers=torch.as_tensor(numbers),
         cell=torch.as_tensor(np.asarray(cell), dtype=dtype).reshape(1, 3, 3),
         pbc=torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3),
-        edge_index=torch.as_tensor(np.stack([i, j])),
-        cell_shifts=torch.as_tensor(shifts, dtype=dtype),
+        edge_index=torch.as_tensor(np.asarray(edge_index), dtype=torch.int64),
+        cell_shifts=torch.as_tensor(np.asarray(shifts), dtype=dtype),
         n_atoms=torch.tensor([n]),
         structure_id=torch.tensor([structure_id]),
         system_id=torch.tensor([system_id]),
