@@ -4,10 +4,24 @@ Every statement comes from the metadata (teacher provenance from the label file,
 was trained on, its errors, speeds, the training config); a fact that was not recorded is
 written as unknown, never guessed. The command that reproduces the training is rebuilt from
 the recorded config as Hydra overrides of the packaged defaults (:func:`reproduce_command`).
+
+The ``speed`` record of ``potential.json`` is one of two kinds:
+
+==================  ==========================================================================
+MD steps            what ``mlip-distill distill`` measures: ``n_atoms``, ``threads``,
+                    ``student_steps_per_s``, ``teacher_steps_per_s`` (steps/s), ``from``
+calculator calls    what a benchmark measures (:func:`call_speed`): ``calls``, a list of
+                    ``{n_atoms, student_ms, teacher_ms}`` (ms per ASE call; ``teacher_ms``
+                    absent when no teacher was timed), ``computes`` (e.g. "energy and
+                    forces"), ``threads``, ``machine``, ``teacher`` (its name, or absent),
+                    ``student`` (how it ran, e.g. "eager"), ``from``
+==================  ==========================================================================
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import shlex
 from typing import Any, Mapping, Sequence
@@ -44,7 +58,7 @@ def model_card(metadata: Mapping[str, Any], curves: Sequence[str] = ()) -> str:
         "",
         "## Teacher",
         "",
-        *_teacher(metadata.get("teacher")),
+        *_teacher(metadata.get("teacher"), metadata.get("data")),
         "",
         "## Training data",
         "",
@@ -99,7 +113,12 @@ def _compiled_line(entry: Mapping[str, Any] | None) -> str:
     return f"`{entry['file']}` ({entry['format']}, {entry['dtype']}, torch {entry['torch']})"
 
 
-def _teacher(teacher: Mapping[str, Any] | None) -> list[str]:
+def _teacher(teacher: Mapping[str, Any] | None, data: Mapping[str, Any] | None) -> list[str]:
+    data = data or {}
+    named = teacher and (teacher.get("name") or teacher.get("spec"))
+    if not named and data.get("source") == "reference":  # learnt the ground truth itself
+        return [f"Teacher: none; trained directly on the reference (ground-truth, e.g. DFT) labels of "
+                f"`{data.get('path', UNKNOWN)}`, not on a teacher model's predictions."]
     if not teacher:
         return [f"Teacher: {UNKNOWN}."]
     lines = [
@@ -177,12 +196,80 @@ def _errors(errors: Mapping[str, Any] | None, quantization: Mapping | None) -> l
 def _speed(speed: Mapping[str, Any] | None) -> list[str]:
     if not speed:
         return [f"Speed against the teacher: {UNKNOWN}."]
+    if "calls" in speed:
+        return _call_speed(speed)
     student, teacher = speed.get("student_steps_per_s"), speed.get("teacher_steps_per_s")
     line = (f"MD of {speed.get('n_atoms', UNKNOWN)} atoms on {speed.get('threads', UNKNOWN)} CPU threads: "
             f"student {student:.1f} steps/s")
     if teacher:
         line += f", teacher {teacher:.1f} steps/s ({student / teacher:.1f}x) on the same machine"
     return [line + (f" (from `{speed['from']}`)." if speed.get("from") else ".")]
+
+
+def _call_speed(speed: Mapping[str, Any]) -> list[str]:
+    teacher, threads = speed.get("teacher"), speed.get("threads", UNKNOWN)
+    lines = [
+        f"ASE calculator calls computing {speed.get('computes', UNKNOWN)}, on {threads} CPU "
+        f"thread{'' if threads == 1 else 's'} of {speed.get('machine') or UNKNOWN}; "
+        f"student {speed.get('student') or UNKNOWN}"
+        + (f"; from `{speed['from']}`" if speed.get("from") else "") + ":",
+        "",
+        f"| atoms | student (ms per call) | {teacher} (ms per call) | student speed-up |" if teacher
+        else "| atoms | student (ms per call) | calls per second |",
+        "|---|---|---|---|" if teacher else "|---|---|---|",
+    ]
+    for call in speed["calls"]:
+        student_ms, teacher_ms = call["student_ms"], call.get("teacher_ms")
+        if teacher:
+            timed = f"{_ms(teacher_ms)} | {teacher_ms / student_ms:.0f}×" if teacher_ms else "not timed | –"
+            lines.append(f"| {call['n_atoms']} | {_ms(student_ms)} | {timed} |")
+        else:
+            lines.append(f"| {call['n_atoms']} | {_ms(student_ms)} | {1e3 / student_ms:.0f} |")
+    if not teacher:
+        lines += ["", "No teacher was timed beside it."]
+    return lines
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def call_speed(
+    calls: Sequence[Mapping[str, Any]], computes: str, threads: int, student: str,
+    teacher: str | None = None, source: str | None = None, machine: str | None = None,
+) -> dict[str, Any]:
+    """A speed record of ASE calculator calls for ``potential.json`` (see the module docstring).
+
+    Args:
+        calls: per structure size, ``{"n_atoms": int, "student_ms": float, "teacher_ms": float}``
+            (milliseconds per call; leave ``teacher_ms`` out when no teacher was timed).
+        computes: what each call computes, e.g. "energy, forces and stress".
+        threads: CPU threads the models ran on.
+        student: how the student ran, e.g. "eager, neighbour list rebuilt every call".
+        teacher: the timed teacher's name; None when none was timed.
+        source: where the measurement is reported, e.g. ``benchmarks/results/shipped_si.md``.
+        machine: the CPU; default this machine's (:func:`this_machine`).
+    """
+    record: dict[str, Any] = {
+        "calls": [{key: value for key, value in call.items() if value is not None} for call in calls],
+        "computes": computes, "threads": threads, "machine": machine or this_machine(), "student": student,
+    }
+    if teacher:
+        record["teacher"] = teacher
+    if source:
+        record["from"] = source
+    return record
+
+
+def this_machine() -> str:
+    """This machine's CPU model and core count, e.g. "AMD EPYC, 2 cores"."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def _reproduce(metadata: Mapping[str, Any]) -> list[str]:
@@ -194,6 +281,8 @@ def _reproduce(metadata: Mapping[str, Any]) -> list[str]:
     if teacher.get("spec") and data.get("path"):
         lines.insert(1, f"# the labels came from: mlip-distill label <structures> --teacher {teacher['spec']} "
                         f"--out {data['path']}")
+    if data.get("path"):
+        lines.insert(1, f"# run where the label file {data['path']} is (SHA-256 above); paths are relative to there")
     return [*lines, "```"]
 
 

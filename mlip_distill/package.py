@@ -184,10 +184,18 @@ def save_potential(
         "compiled": compiled_entry,
         "weights_sha256": file_sha256(weights),
     }
-    metadata = json.loads(json.dumps(metadata, default=str))
-    metadata["metadata_sha256"] = metadata_checksum(metadata)
-    _atomic_write_text(directory / METADATA, json.dumps(metadata, indent=2) + "\n")
+    write_metadata(directory, metadata)
     return directory
+
+
+def write_metadata(directory: str | Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``metadata`` as the ``potential.json`` of the package in ``directory`` (replaced
+    atomically), with its ``metadata_sha256`` computed afresh; returns what was written."""
+    metadata = json.loads(json.dumps({key: value for key, value in metadata.items() if key != "metadata_sha256"},
+                                     default=str))
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
+    _atomic_write_text(Path(directory) / METADATA, json.dumps(metadata, indent=2) + "\n")
+    return metadata
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:

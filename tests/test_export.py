@@ -240,3 +240,100 @@ def test_model_card_of_a_bare_record_lists_stages_and_invents_nothing():
     command = next(line for line in card.splitlines() if line.startswith("mlip-distill train"))
     stages_override = "stages=[{name:distill,epochs:5,temperature:4.0},{name:fine-tune,lr:0.0001}]"
     assert stages_override in [override.lstrip("+") for override in shlex.split(command)]
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_a_package_names_no_folder_of_the_machine_that_trained_it(exported, run_dir, copper_label_file):
+    metadata = read_metadata(exported)
+    assert not [text for text in _strings(metadata) if text.startswith("/")]
+    assert metadata["data"]["path"] == "labels.h5"
+    assert metadata["training"]["run_dir"] == run_dir.name and metadata["exported_from"] == f"{run_dir.name}/potential"
+    card = (exported / "MODEL_CARD.md").read_text()
+    for folder in (run_dir, copper_label_file.parent, run_dir.parent.parent):
+        assert str(folder) not in card and str(folder) not in (exported / "potential.json").read_text()
+    assert "- label file: `labels.h5`" in card
+    assert "--out labels.h5" in card and "# run where the label file labels.h5 is" in card
+
+
+def test_portable_paths_keep_folders_inside_the_run_and_names_elsewhere():
+    from mlip_distill.export import portable_paths
+
+    record = {"run": "/scratch/u/runs/cu/1", "stage": ["/scratch/u/runs/cu/1/stages/2-fine-tune"],
+              "spec": "mace:/home/u/models/small.model", "url": "https://example.org/a/b", "units": "eV/Å",
+              "relative": "labels.h5", "number": 3}
+    assert portable_paths(record, "/scratch/u/runs/cu/1") == {
+        "run": "1", "stage": ["1/stages/2-fine-tune"], "spec": "mace:small.model", "url": "https://example.org/a/b",
+        "units": "eV/Å", "relative": "labels.h5", "number": 3}
+
+
+def test_a_student_trained_on_reference_labels_has_no_teacher_and_a_distilled_one_keeps_its_own():
+    from mlip_distill.model_card import UNKNOWN, model_card
+
+    data = {"path": "ethanol_1000.h5", "source": "reference", "n_train": 950, "n_valid": 50}
+    card = model_card({"format_version": 2, "teacher": {"imported_from": ["frames.xyz"]}, "data": data})
+    teacher = card.split("## Teacher")[1].split("##")[0]
+    assert ("Teacher: none; trained directly on the reference (ground-truth, e.g. DFT) labels of "
+            "`ethanol_1000.h5`") in teacher
+    assert UNKNOWN not in teacher
+    staged = model_card({"format_version": 2, "teacher": {"name": "sevennet:7net-0"}, "data": data})
+    assert "- name: sevennet:7net-0" in staged and "Teacher: none" not in staged
+    assert f"- name: {UNKNOWN}" in model_card({"teacher": {"imported_from": ["x.xyz"]}, "data": {"source": "teacher"}})
+
+
+def test_measured_speed_is_recorded_and_stated_in_the_card(run_dir, tmp_path):
+    from mlip_distill.model_card import call_speed
+
+    speed = call_speed([{"n_atoms": 64, "student_ms": 8.6, "teacher_ms": 377.3},
+                        {"n_atoms": 216, "student_ms": 19.2, "teacher_ms": 1703.7}],
+                       computes="energy, forces and stress", threads=1, student="eager", teacher="SevenNet-0",
+                       source="benchmarks/results/shipped_si.md", machine="Test CPU, 2 cores")
+    out = export_run(run_dir, tmp_path / "cu", compiled=False, speed=speed)
+    assert read_metadata(out)["speed"] == speed
+    card = (out / "MODEL_CARD.md").read_text()
+    assert ("ASE calculator calls computing energy, forces and stress, on 1 CPU thread of Test CPU, 2 cores; "
+            "student eager; from `benchmarks/results/shipped_si.md`:") in card
+    assert "| 64 | 8.6 | 377 | 44× |" in card and "| 216 | 19.2 | 1,704 | 89× |" in card
+    assert "Speed against the teacher: unknown" not in card
+
+    from mlip_distill.model_card import model_card
+
+    alone = call_speed([{"n_atoms": 9, "student_ms": 7.41}], computes="energy and forces", threads=1,
+                       student="eager", machine="Test CPU, 2 cores")
+    card = model_card({"format_version": 2, "speed": alone})
+    assert "| atoms | student (ms per call) | calls per second |" in card and "| 9 | 7.41 | 135 |" in card
+    assert "No teacher was timed beside it." in card
+
+
+def test_refresh_rewrites_metadata_and_card_and_keeps_weights_and_added_sections(package, tmp_path):
+    from mlip_distill.export import refresh_package
+    from mlip_distill.model_card import call_speed
+
+    before = {name: (package / name).read_bytes() for name in ("weights.safetensors", "model.pt2")}
+    energy = StudentCalculator(package).get_potential_energy(rattled_copper())
+
+    def as_an_older_export(metadata):  # absolute paths, no error counts
+        metadata["data"]["path"] = str(tmp_path / "somewhere" / "labels.h5")
+        metadata["errors"]["valid_vs_teacher"].pop("n_structures")
+    _rewrite_metadata(package, as_an_older_export)
+    card = package / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\n## Against DFT\n\nA benchmark's table.\n")
+
+    speed = call_speed([{"n_atoms": 8, "student_ms": 2.0}], computes="energy and forces", threads=1,
+                       student="eager", machine="Test CPU, 2 cores")
+    refresh_package(package, speed=speed)
+    metadata = read_metadata(package)  # its self-checksum holds
+    assert metadata["data"]["path"] == "labels.h5" and metadata["speed"] == speed
+    assert metadata["errors"]["valid_vs_teacher"]["n_structures"] == 4  # the run's n_valid
+    assert {name: (package / name).read_bytes() for name in before} == before
+    text = card.read_text()
+    assert text.endswith("\n## Files\n\n" + text.split("\n## Files\n\n")[1].split("\n")[0] +
+                         "\n\n## Against DFT\n\nA benchmark's table.\n")
+    assert "| 8 | 2 | 500 |" in text and "| valid_vs_teacher | 1.5 / 2 | 20 / 27 | not measured | 4 |" in text
+    assert StudentCalculator(package).get_potential_energy(rattled_copper()) == pytest.approx(energy, abs=0)

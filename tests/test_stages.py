@@ -146,6 +146,9 @@ def test_fine_tune_refits_e0_and_the_qat_export_runs(three_stage_run, cells):
     assert np.abs(errors_reference).mean() < 0.03 < OFFSET_PER_ATOM - 0.03 < np.abs(errors_teacher).mean()
     card = (export_run(three_stage_run.run_dir, potential.parent / "exported", compiled=False) / "MODEL_CARD.md").read_text()
     assert "1. **distill**" in card and "2. **fine-tune**" in card and "3. **qat**" in card
+    errors = [line for line in card.split("## Errors")[1].split("##")[0].splitlines() if line.startswith("| stage")]
+    counts = [len(stage["valid_indices"]) for stage in metadata["training"]["stages"]]
+    assert [line.rsplit("|", 2)[1].strip() for line in errors] == [str(count) for count in counts]  # from the stages
 
 
 def test_fine_tune_is_skipped_with_a_notice_without_reference_labels(config_dir, cells, tmp_path, capsys):
