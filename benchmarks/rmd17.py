@@ -27,7 +27,9 @@ benchmark on 2 shared cores: a run that reaches it stops there, its cosine endin
     python benchmarks/rmd17.py --epochs 500 --max-minutes 0 --accelerator gpu
 
 Writes benchmarks/results/rmd17.{json,md} and regenerates benchmarks/README.md, unless
-``--json-out`` names a file for the scored runs instead.
+``--json-out`` names a file for the scored runs instead. The rows of students distilled from a
+cheap teacher before the 50 DFT frames come from ``rmd17_distill.py``, which adds them to these
+results; a ``--rescore`` keeps them when its ``--json-out`` file is among those it is given.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def main() -> None:
         runs, settings = [], {}
         for path in args.rescore:
             trained = json.loads(path.read_text())
-            settings = {key: value for key, value in trained.items() if key != "runs"}
+            settings.update({key: value for key, value in trained.items() if key != "runs"})
             for run in trained["runs"]:
                 if not Path(run["potential"]).is_dir():  # trained elsewhere: its run folder beside the file
                     run["potential"] = str(path.parent / Path(run["potential"]).parent.name / "potential")
@@ -244,17 +246,20 @@ def table(results: dict) -> str:
         "| molecule | N train | this student E / F | MACE E / F | NequIP E / F | training | student speed (CPU) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(results["runs"], key=lambda r: (list(PUBLISHED).index(r["molecule"]), -r["n_frames"])):
+    def order(run: dict) -> tuple:
+        return list(PUBLISHED).index(run["molecule"]), -run["n_frames"], "pretraining" in run
+
+    for run in sorted(results["runs"], key=order):
         test, published = run["test"], PUBLISHED[run["molecule"]]
         mace, nequip = published["MACE"][run["n_frames"]], published["NequIP"][run["n_frames"]]
         speed = run["speed"]
-        stopped = "" if run["epochs_run"] >= run["max_epochs"] else f", stopped by the time limit after {run['epochs_run']}"
+        frames = f"{run['n_frames']} ({run['n_valid']} of them for validation)"
+        if "stages" in run:
+            frames += f" + {run['pretraining']['n_sampled']:,} structures sampled and labelled by {run['pretraining']['teacher']}"
         lines.append(
-            f"| {run['molecule']} | {run['n_frames']} ({run['n_valid']} of them for validation) "
-            f"| **{test['energy_mae_mev']:.1f} / {test['forces_mae_mev_per_A']:.1f}** "
+            f"| {run['molecule']} | {frames} | **{test['energy_mae_mev']:.1f} / {test['forces_mae_mev_per_A']:.1f}** "
             f"| {mace[0]} / {mace[1]} | {nequip[0]} / {nequip[1]} "
-            f"| {run['max_epochs']} epochs{stopped} ({run['optimiser_steps']} steps), "
-            f"{run['training_seconds'] / 60:.1f} min ({run['accelerator']}, guard {run['max_minutes']:g} min) "
+            f"| {_training(run)}, {run['training_seconds'] / 60:.1f} min ({run['accelerator']}, guard {run['max_minutes']:g} min) "
             f"| {speed['calls_per_s']:.0f} E+F calls/s ({speed['n_atoms']} atoms) |"
         )
     first = results["runs"][0]
@@ -273,9 +278,46 @@ def table(results: dict) -> str:
         "students are far from converged: the published models are larger (MACE: 256 channels, l ≤ 3 messages; "
         "NequIP: l ≤ 3, 64 channels, 5 layers) and trained for days on a GPU. No MACE of the paper's size runs "
         "here, so there is no speed-up column. N = 50 columns of the paper for the 50-frame rows. Only the "
-        "molecules and sizes listed were run." + (f" {results['note']}" if results.get("note") else "") + "\n"
+        "molecules and sizes listed were run." + (f" {results['note']}" if results.get("note") else "")
+        + _distillation_note(results["runs"]) + "\n"
     )
     return "\n".join(lines)
+
+
+def _training(run: dict) -> str:
+    """Epochs and steps of a run, or of each stage of a staged (distilled) run."""
+    def epochs(stage: dict) -> str:
+        stopped = "" if stage["epochs_run"] >= stage["max_epochs"] else f", stopped by the time limit after {stage['epochs_run']}"
+        return f"{stage['max_epochs']} epochs{stopped} ({stage['optimiser_steps']} steps)"
+
+    if "stages" not in run:
+        return epochs(run)
+    return "; ".join(f"{name}: {epochs(stage)}" for name, stage in run["stages"].items())
+
+
+def _distillation_note(runs: list[dict]) -> str:
+    """What the distilled rows did, from their records (empty when there are none)."""
+    distilled = [run for run in runs if "stages" in run]
+    if not distilled:
+        return ""
+    p = distilled[0]["pretraining"]
+    teacher_errors = "; ".join(
+        f"{run['molecule']} {run['pretraining']['teacher_test']['energy_mae_mev']:.1f} / "
+        f"{run['pretraining']['teacher_test']['forces_mae_mev_per_A']:.1f}" for run in distilled)
+    return (
+        f" Rows with sampled structures (`python benchmarks/rmd17_distill.py`, `experiment={distilled[0]['experiment']}`): "
+        f"the same student, first distilled from {p['teacher']} on structures sampled around the same DFT frames "
+        f"(Langevin MD driven by the teacher from each frame at {', '.join(f'{t:g}' for t in p['md_temperatures'])} K, "
+        f"{p['md_frames']} frames per temperature, and {p['rattles']} Gaussian rattles of σ {p['rattle_sigma'][0]:g}–"
+        f"{p['rattle_sigma'][1]:g} Å; {p['n_teacher_valid']} held out), labelled by the teacher with the DFT frames "
+        "(E0 = the teacher's isolated atoms), then fine-tuned on the DFT frames alone (E0 refitted to them first; "
+        "lower learning rate, energy weight raised), the same frames held out; the training column gives both stages "
+        "and their total wall time (sampling and labelling not included: "
+        + "; ".join(f"{run['molecule']} {run['pretraining']['sampling_seconds'] + run['pretraining']['labelling_seconds']:.0f} s"
+                    for run in distilled)
+        + f"). The teacher itself against DFT on the same test frames (MAE, energy after removing the mean offset): "
+        f"{teacher_errors}."
+    )
 
 
 def _test_frames(n: int) -> str:
