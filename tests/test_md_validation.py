@@ -12,6 +12,7 @@ from ase.io import write
 
 from mlip_distill.cli import main
 from mlip_distill.md.conservation import drift_ratio, energy_drift
+from mlip_distill.md.report import report_path
 from mlip_distill.md.stability import StabilityCriteria, StabilityMonitor
 from mlip_distill.md.structure import pair_distribution, shortest_distances
 from mlip_distill.md.validation import MDSettings, validate_md
@@ -140,6 +141,7 @@ def test_md_command_writes_every_report_file(tiny_student, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert (out / "rdf.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
+    assert report["student"] == tiny_student.name  # outside a repository: the folder's name, not its absolute path
     assert report["threads"] == 1 and report["timestep_fs"] == 2.0
     for temperature in ("300", "900"):
         numbers = report["temperatures"][temperature]
@@ -149,6 +151,18 @@ def test_md_command_writes_every_report_file(tiny_student, tmp_path, capsys):
             assert np.isfinite(numbers[key]), key
         assert f"{temperature} K  stable ps per seed" in printed
     assert "| 900 |" in (out / "report.md").read_text()
+
+
+def test_reports_name_a_path_relative_to_its_repository_never_absolute(tmp_path, monkeypatch):
+    repository = tmp_path / "repo"
+    (repository / ".git").mkdir(parents=True)
+    (repository / "potentials" / "si").mkdir(parents=True)
+    assert report_path(repository / "potentials" / "si") == "potentials/si"
+    monkeypatch.chdir(repository / "potentials")
+    assert report_path("../potentials/si") == "potentials/si"
+    monkeypatch.chdir(tmp_path)
+    assert report_path("runs/si") == "runs/si"
+    assert report_path(tmp_path / "runs" / "si") == "si"
 
 
 def test_md_command_names_an_element_the_student_does_not_know(tiny_student, tmp_path, capsys):

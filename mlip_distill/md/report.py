@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..teachers.registry import POTENTIAL_PREFIX
 from .validation import MDValidation
 
 PLOTS = {"temperature": "temperature.png", "energy": "nve_energy.png", "rdf": "rdf.png"}
@@ -14,11 +15,14 @@ PLOTS = {"temperature": "temperature.png", "energy": "nve_energy.png", "rdf": "r
 
 def write_report(validation: MDValidation, out_dir: str | Path, student: str, teacher: str) -> list[Path]:
     """Write report.json, report.md and the plots into ``out_dir`` (created); each file goes to a
-    temporary name first and is renamed when complete. ``student``, ``teacher``: how the report
-    names them (a path, a spec). Returns the paths written."""
+    temporary name first and is renamed when complete. ``student``, ``teacher``: the student's
+    potential folder and the teacher's spec, named in the report by :func:`report_path`. Returns the
+    paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"student": student, "teacher": teacher, **validation.summary()}
+    if teacher.startswith(POTENTIAL_PREFIX):
+        teacher = POTENTIAL_PREFIX + report_path(teacher.removeprefix(POTENTIAL_PREFIX).strip())
+    summary = {"student": report_path(student), "teacher": teacher, **validation.summary()}
     written = [
         _write_text(out_dir / "report.json", json.dumps(summary, indent=2) + "\n"),
         _write_text(out_dir / "report.md", markdown(summary)),
@@ -26,6 +30,18 @@ def write_report(validation: MDValidation, out_dir: str | Path, student: str, te
     for kind, draw in (("temperature", _temperature_figure), ("energy", _energy_figure), ("rdf", _rdf_figure)):
         written.append(_save(draw(validation), out_dir / PLOTS[kind]))
     return written
+
+
+def report_path(path: str | Path) -> str:
+    """How a report names ``path``: relative to the git repository that holds it, so that a
+    committed report names no folder of the machine it ran on; outside a repository, as given when
+    relative, else by its name alone."""
+    path = Path(path)
+    resolved = path.resolve()
+    root = next((folder for folder in resolved.parents if (folder / ".git").exists()), None)
+    if root is not None:
+        return resolved.relative_to(root).as_posix()
+    return path.name if path.is_absolute() else path.as_posix()
 
 
 def markdown(summary: dict) -> str:
