@@ -17,7 +17,11 @@ epochs; ``--max-minutes`` only guards the 30-minute limit of a benchmark on 2 sh
 between the stages in proportion to their steps. The teacher's own errors against DFT on the
 test frames (its energies shifted by their mean offset) are recorded beside the student's.
 
+    # the committed rows, one invocation each (ethanol 12.5 min on 1 thread of 2 shared cores)
     OMP_NUM_THREADS=1 python benchmarks/rmd17_distill.py --molecules ethanol
+    OMP_NUM_THREADS=1 python benchmarks/rmd17_distill.py --molecules malonaldehyde
+    OMP_NUM_THREADS=1 python benchmarks/rmd17_distill.py --molecules aspirin --md-frames 300 --rattles 600 \
+        --distill-steps 6000 --fine-tune-steps 1500 --max-minutes 20    # 21 atoms: less, to stay under 30 min
     # writes its rows into benchmarks/results/rmd17.{json,md} (replacing earlier distilled rows
     # of the same molecule and teacher) and regenerates benchmarks/README.md; with --json-out
     # the scored runs go to a file instead, for `rmd17.py --rescore` with the other rows.
