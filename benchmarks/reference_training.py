@@ -1,6 +1,6 @@
-"""Shared by the reference-data benchmarks (rMD17, AcAc): DFT frames into a label file, a
-student trained on them for a fixed wall-time budget, its errors on a test file, and the
-regeneration of ``benchmarks/README.md`` from the result tables.
+"""Shared by the reference-data benchmarks (rMD17, AcAc): DFT frames into a label file, the
+epochs a run validated, a student's errors on a test file, and the regeneration of
+``benchmarks/README.md`` from the result tables.
 
 Energies in the tables are per molecule (meV), forces per component (meV/Å), as the MACE
 paper reports them.
@@ -19,23 +19,10 @@ from ase.io import read, write
 
 from mlip_distill.data.store import import_structures
 from mlip_distill.evaluate import evaluate_file
-from mlip_distill.training.run import TrainResult, compose_config, train
 
 BENCHMARKS = Path(__file__).parent
 RESULTS = BENCHMARKS / "results"
 SHARED_DATA = BENCHMARKS.parent.parent / "shared" / "data"
-
-# A NequIP-style student for small molecules: 3 layers of 16 channels up to l = 1, 5 Å cutoff
-# (narrow, so that a few minutes on 2 cores hold more than a handful of epochs); forces weighted
-# as in the demo, since the MACE-paper tables rank by force error; a short warmup for the same
-# reason as cu_emt's.
-MOLECULE_STUDENT = [
-    "model=nequip", "model.cutoff=5.0", "model.channels=16", "model.l_max=1", "model.num_layers=3",
-    "loss.energy.weight=5.0", "loss.forces.weight=100.0", "data.source=reference", "data.batch_size=4",
-    "scheduler.patience=3", "scheduler.warmup_steps=100", "trainer.max_epochs=100000",
-    "trainer.enable_progress_bar=false",
-]
-
 
 def default_data_dir() -> Path:
     """``../shared/data`` beside the repository, where the reference data sets live."""
@@ -61,25 +48,6 @@ def reference_label_file(
         write(subset, read(isolated_atoms_path, ":") + frames, format="extxyz")
         import_structures(subset, out, source="reference")
     return out, len(frames)
-
-
-def train_for(
-    labels: Path, run_dir: Path, minutes: float, n_valid: int, e0_from: str, overrides: Sequence[str] = ()
-) -> TrainResult:
-    """Train :data:`MOLECULE_STUDENT` on the ``reference`` labels for at most ``minutes`` of
-    wall time, ``n_valid`` frames held out to pick the best epoch.
-
-    ``e0_from``: ``isolated`` takes the isolated-atom energies stored with the labels as E0, so
-    the network learns the whole atomisation energy; ``fit`` fits E0 by least squares on the
-    training energies. For frames of one molecule the fit is the isolated-atom E0s plus the mean
-    interaction energy per atom, which is the shift MACE's scale-shift block applies."""
-    seconds = int(round(minutes * 60))
-    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    config = compose_config([
-        *MOLECULE_STUDENT, f"data.path={labels.resolve()}", f"run_dir={run_dir.resolve()}",
-        f"data.n_valid={n_valid}", f"trainer.max_time={budget}", f"e0_from={e0_from}", *overrides,
-    ])
-    return train(config)
 
 
 def epochs_completed(run_dir: Path) -> int:
@@ -108,6 +76,7 @@ SECTIONS = {
     "sevennet_si": "SevenNet-0 silicon beside the sevenn and MACE trainers (`python benchmarks/sevennet_si.py`)",
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
+    "rmd17_mace_speed": "rMD17 student against a MACE of the paper's size, on the CPU (`python benchmarks/rmd17_mace_speed.py`)",
     "labelling_overhead": "Labelling overhead (`python benchmarks/labelling_overhead.py`)",
     "shipped_si": "Shipped silicon student against SevenNet-0 and mlearn DFT (`OMP_NUM_THREADS=1 python benchmarks/shipped_si.py --ship`)",
     "mlearn": "mlearn Si, Ge, Cu: teachers and distilled students against DFT (`python benchmarks/mlearn.py`)",

@@ -276,8 +276,8 @@ def table(results: dict) -> str:
         "whole run with data loading and validation, on 2 CPU cores shared with 3-5 other jobs. Speed: ASE calculator calls (energy and forces, "
         f"one molecule) per second on {results['scoring_threads']} CPU thread(s) of the same busy machine. These "
         "students are far from converged: the published models are larger (MACE: 256 channels, l ≤ 3 messages; "
-        "NequIP: l ≤ 3, 64 channels, 5 layers) and trained for days on a GPU. No MACE of the paper's size runs "
-        "here, so there is no speed-up column. N = 50 columns of the paper for the 50-frame rows. Only the "
+        "NequIP: l ≤ 3, 64 channels, 5 layers) and trained for days on a GPU. Against a MACE of the paper's "
+        "size on the same CPU: `results/rmd17_mace_speed.md` (`python benchmarks/rmd17_mace_speed.py`). N = 50 columns of the paper for the 50-frame rows. Only the "
         "molecules and sizes listed were run." + (f" {results['note']}" if results.get("note") else "")
         + _distillation_note(results["runs"]) + "\n"
     )
