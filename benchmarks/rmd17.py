@@ -38,11 +38,9 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.io import read, write
 
@@ -51,6 +49,7 @@ from mlip_distill.export import refresh_package
 from mlip_distill.model_card import call_speed, this_machine
 from mlip_distill.package import read_metadata
 from mlip_distill.training.run import compose_config, train
+from peers.call_timing import calls_per_second
 from reference_training import (
     RESULTS, default_data_dir, epochs_completed, errors_on_test_set, reference_label_file, regenerate_readme,
 )
@@ -125,19 +124,9 @@ def calculator_speed(potential_dir: Path, frame_path: Path, calls: int = 50) -> 
     (CPU, float32, the package's compiled model where it has one), each call on positions
     displaced by up to 0.01 Å so that nothing is cached; median of 3 rounds after a warm-up round."""
     atoms = read(frame_path, index=0)
-    atoms.calc = StudentCalculator(potential_dir)
-    rng = np.random.default_rng(0)
-    start_positions = atoms.positions.copy()
-    rounds = []
-    for _ in range(4):
-        displacements = rng.uniform(-0.01, 0.01, (calls, len(atoms), 3))
-        start = time.perf_counter()
-        for shift in displacements:
-            atoms.positions = start_positions + shift
-            atoms.get_forces()
-        rounds.append(calls / (time.perf_counter() - start))
-    return {"calls_per_s": statistics.median(rounds[1:]), "threads": torch.get_num_threads(),
-            "compiled": bool(atoms.calc.compiled), "n_atoms": len(atoms), "machine": this_machine()}
+    calculator = StudentCalculator(potential_dir)
+    return {"calls_per_s": calls_per_second(calculator, atoms, calls), "threads": torch.get_num_threads(),
+            "compiled": bool(calculator.compiled), "n_atoms": len(atoms), "machine": this_machine()}
 
 
 def record_speed(package: Path, runs: list[dict]) -> None:

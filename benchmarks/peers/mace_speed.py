@@ -7,7 +7,7 @@ The weights are random (speed does not depend on them): ScaleShiftMACE, 2 intera
 256 channels, spherical harmonics to l = 3, correlation order 3, 8 Bessel functions, 5 Å cutoff;
 hidden irreps 256x0e + 256x1o + 256x2e (L = 2) in float64, as the paper trained it, and in
 float32, and 256x0e (L = 0, the cheapest MACE of that width) in float32 as a lower bound on its
-cost. Timing as ``rmd17.calculator_speed`` but with fewer calls (``--calls``, default 5; a call
+cost. Timing by ``call_timing.calls_per_second``, as rmd17.py times the student, but with fewer calls (``--calls``, default 5; a call
 of the L = 2 model takes seconds on one thread): energy and forces calls on the first frame,
 each on positions displaced by up to 0.01 Å, median of 3 rounds after a warm-up round. Prints
 and writes calls per second and parameter counts as JSON.
@@ -15,8 +15,6 @@ and writes calls per second and parameter counts as JSON.
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from ase.io import read
 from mace import modules  # before e3nn: e3nn 0.4.4's import torch.loads what newer torch refuses until mace allows it
 from mace.calculators import MACECalculator
 from e3nn import o3  # noqa: I001
+
+from call_timing import calls_per_second
 
 #: (name, hidden irreps, dtype) of the models timed
 MODELS = (
@@ -45,22 +45,6 @@ def paper_sized_mace(numbers: list[int], hidden_irreps: str, dtype: torch.dtype)
         atomic_numbers=numbers, correlation=3, gate=torch.nn.functional.silu,
         atomic_inter_scale=1.0, atomic_inter_shift=0.0,
     )
-
-
-def calls_per_second(calculator, atoms, calls: int) -> float:
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    rng = np.random.default_rng(0)
-    start_positions = atoms.positions.copy()
-    rounds = []
-    for _ in range(4):
-        displacements = rng.uniform(-0.01, 0.01, (calls, len(atoms), 3))
-        start = time.perf_counter()
-        for shift in displacements:
-            atoms.positions = start_positions + shift
-            atoms.get_forces()
-        rounds.append(calls / (time.perf_counter() - start))
-    return statistics.median(rounds[1:])
 
 
 def main() -> None:
