@@ -94,6 +94,45 @@ def test_refit_e0_removes_a_constant_energy_offset(copper_label_file):
     assert model.hyperparameters()["e0"]["29"] == model.e0[29]
 
 
+def test_refit_e0_from_isolated_atoms_on_frames_of_one_molecule(tmp_path):
+    """Frames of one composition cannot tell H from O: the fit alone spreads an absolute-energy
+    offset over both elements; started from the labels' isolated atoms, each E0 stays near its own."""
+    import torch
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from torch_geometric.loader import DataLoader
+
+    from conftest import write_label_file
+    from mlip_distill.data.dataset import GraphDataset
+    from mlip_distill.models import build_model
+    from mlip_distill.training.calibration import refit_e0
+
+    isolated = {1: -13.6, 8: -2041.0}  # a DFT code's absolute isolated-atom energies, eV
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(12):
+        water = molecule("H2O", vacuum=4.0)
+        water.positions += rng.normal(0.0, 0.03, water.positions.shape)
+        water.calc = EMT()
+        energy = water.get_potential_energy() + 2 * isolated[1] + isolated[8]
+        water.calc = SinglePointCalculator(water, energy=energy, forces=water.get_forces())
+        frames.append(water)
+    loader = DataLoader(GraphDataset(write_label_file(tmp_path / "water.h5", frames), "teacher", 4.0), batch_size=4)
+    torch.manual_seed(0)
+
+    def fitted(start):
+        model = build_model("painn", elements=[1, 8], cutoff=4.0, e0={1: -1.0, 8: -2.0}, channels=4, num_layers=1)
+        e0 = refit_e0(model, loader, start=start)
+        errors = torch.cat([model(b, compute_forces=False)["energy"] - b.energy for b in loader])
+        assert abs(errors.mean().item()) < 1e-3  # either way the mean energy is right (float32 of ~2 keV)
+        return e0
+
+    assert abs(fitted(None)[1] - isolated[1]) > 100.0  # ~6/41 of a 2 keV offset lands on hydrogen
+    from_isolated = fitted(isolated)
+    assert all(abs(from_isolated[z] - isolated[z]) < 5.0 for z in isolated)
+
+
 def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     from mlip_distill.training.checkpoint import AtomicModelCheckpoint
 

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 
-def refit_e0(model, batches: Iterable) -> dict[int, float]:
+def refit_e0(model, batches: Iterable, start: Mapping[int, float] | None = None) -> dict[int, float]:
     """Shift each element's E0 so that the mean energy error on ``batches`` is zero.
 
     With fitted E0s, a lightly weighted energy term leaves the student's energies offset by a
     few meV/atom; forces and stress do not see a constant per-element shift, so this least-squares
-    correction of ``E_label - E_student`` on element counts only removes that offset.
+    correction of ``E_label - E_student`` on element counts only removes that offset. Where the
+    structures cannot tell elements apart (one composition, as in a single molecule's frames),
+    the smallest shift is taken, so the E0s should start close: pass ``start``.
 
     Args:
         model: a student (:class:`~mlip_distill.models.base.StudentPotential`), updated in place.
         batches: labelled graph batches, e.g. the training loader.
+        start: E0s to shift from, ``{Z: eV}`` for every element of the model (e.g. the
+            isolated-atom energies of the labels' source); default the model's own.
     Returns:
         The new E0s, ``{Z: eV}``.
     """
+    if start is not None:
+        model.set_e0({z: float(start[z]) for z in model.elements})
     elements = list(model.elements)
     device = next(model.parameters()).device
     counts, residuals = [], []

@@ -120,7 +120,12 @@ def _preparation(config: DictConfig, options: dict[str, Any], previous: StageRec
             model.load_state_dict(earlier.state_dict())
             model.set_e0(earlier.e0)
             if previous.source != config.data.source:
-                new = refit_e0(model, setup.datamodule.train_dataloader())
+                with LabelStore(setup.datamodule.path) as store:
+                    isolated = store.isolated_atoms(config.data.source)
+                # DFT and a teacher can differ by thousands of eV per atom in absolute energy; on frames of
+                # one molecule the fit alone cannot say which element carries that, the isolated atoms can
+                start = isolated if set(model.elements) <= set(isolated) else None
+                new = refit_e0(model, setup.datamodule.train_dataloader(), start=start)
                 print(f"{where}: labels change from {previous.source} to {config.data.source}; E0 refitted to "
                       + ", ".join(f"Z={z}: {earlier.e0[z]:.4f} -> {e:.4f} eV" for z, e in new.items()), flush=True)
             if previous.final_lr is not None:
