@@ -24,6 +24,14 @@ class TestNequIPScalarWithZBL(StudentPhysicsTests):
         return NequIP(elements, CUTOFF, e0, zbl=zbl, channels=8, l_max=0, num_layers=2, radial_hidden=16)
 
 
+class TestNequIPNodeInvariants(StudentPhysicsTests):
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return NequIP(
+            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=2, num_layers=2,
+            radial_hidden=16, node_invariants=True,
+        )
+
+
 class TestPaiNN(StudentPhysicsTests):
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return PaiNN(elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=16, num_layers=2)
@@ -72,3 +80,27 @@ def test_nequip_fused_paths_match_e3nn_modules():
         )
         update = layer.gate.irreps_in.randn(5, -1, dtype=torch.float64)
         torch.testing.assert_close(layer.gate_activation(update), layer.gate(update))
+
+
+@pytest.mark.parametrize("node_invariants", [False, True])
+def test_one_layer_sees_the_angle_at_an_atom_only_with_node_invariants(node_invariants):
+    """A bent triatomic whose outer atoms are beyond the cutoff of each other: one layer of
+    messages alone sums pair terms around the centre, so the energy cannot depend on the angle;
+    the norms of the summed l > 0 messages make it depend on the angle."""
+    import numpy as np
+    import torch
+    from ase import Atoms
+    from torch_geometric.data import Batch
+
+    from mlip_distill.data.graph import atoms_to_graph
+
+    torch.manual_seed(0)
+    model = NequIP([1], cutoff=1.5, channels=4, l_max=2, num_layers=1, radial_hidden=8, node_invariants=node_invariants)
+    energies = []
+    for angle in (100.0, 130.0, 160.0):  # outer atoms 1.53-1.97 Å apart, beyond the 1.5 Å cutoff
+        half = np.radians(angle / 2)
+        atoms = Atoms("H3", positions=[[0, 0, 0], [np.sin(half), np.cos(half), 0], [-np.sin(half), np.cos(half), 0]])
+        batch = Batch.from_data_list([atoms_to_graph(atoms, 1.5, dtype=torch.float64)])
+        energies.append(float(model.double()(batch, compute_forces=False)["energy"].detach().sum()))
+    spread = max(energies) - min(energies)
+    assert (spread > 1e-6) == node_invariants, energies
