@@ -24,11 +24,13 @@ class TestNequIPScalarWithZBL(StudentPhysicsTests):
         return NequIP(elements, CUTOFF, e0, zbl=zbl, channels=8, l_max=0, num_layers=2, radial_hidden=16)
 
 
-class TestNequIPNodeInvariants(StudentPhysicsTests):
+class TestNequIPAngles(StudentPhysicsTests):
+    """Angle terms of a higher order than the features: the l = 2 messages exist for their norms only."""
+
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return NequIP(
-            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=2, num_layers=2,
-            radial_hidden=16, node_invariants=True,
+            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=1, num_layers=2,
+            radial_hidden=16, angular_order=2,
         )
 
 
@@ -82,8 +84,8 @@ def test_nequip_fused_paths_match_e3nn_modules():
         torch.testing.assert_close(layer.gate_activation(update), layer.gate(update))
 
 
-@pytest.mark.parametrize("node_invariants", [False, True])
-def test_one_layer_sees_the_angle_at_an_atom_only_with_node_invariants(node_invariants):
+@pytest.mark.parametrize("l_max, angular_order", [(0, 0), (2, 0), (0, 1), (0, 2), (1, 2), (2, 2)])
+def test_one_layer_sees_the_angle_at_an_atom_only_with_angle_terms(l_max, angular_order):
     """A bent triatomic whose outer atoms are beyond the cutoff of each other: one layer of
     messages alone sums pair terms around the centre, so the energy cannot depend on the angle;
     the norms of the summed l > 0 messages make it depend on the angle."""
@@ -95,7 +97,7 @@ def test_one_layer_sees_the_angle_at_an_atom_only_with_node_invariants(node_inva
     from mlip_distill.data.graph import atoms_to_graph
 
     torch.manual_seed(0)
-    model = NequIP([1], cutoff=1.5, channels=4, l_max=2, num_layers=1, radial_hidden=8, node_invariants=node_invariants)
+    model = NequIP([1], 1.5, channels=4, l_max=l_max, num_layers=1, radial_hidden=8, angular_order=angular_order)
     energies = []
     for angle in (100.0, 130.0, 160.0):  # outer atoms 1.53-1.97 Å apart, beyond the 1.5 Å cutoff
         half = np.radians(angle / 2)
@@ -103,4 +105,9 @@ def test_one_layer_sees_the_angle_at_an_atom_only_with_node_invariants(node_inva
         batch = Batch.from_data_list([atoms_to_graph(atoms, 1.5, dtype=torch.float64)])
         energies.append(float(model.double()(batch, compute_forces=False)["energy"].detach().sum()))
     spread = max(energies) - min(energies)
-    assert (spread > 1e-6) == node_invariants, energies
+    assert (spread > 1e-6) == (angular_order > 0), energies
+
+
+def test_nequip_rejects_angular_order_below_l_max():
+    with pytest.raises(ValueError, match="angular_order must be 0 or from max\\(l_max, 1\\) = 2 to 2, got 1"):
+        NequIP([1], CUTOFF, l_max=2, angular_order=1)

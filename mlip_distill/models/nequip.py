@@ -170,13 +170,14 @@ class InteractionLayer(nn.Module):
     gated nonlinearity. Nothing in it has a bias, so an atom with zero features and no
     neighbours keeps zero features.
 
-    With ``node_invariants``, the squared norm of every channel of each l > 0 block of the summed
-    messages, ``|Σ_j m_ij|² / sqrt(2l + 1)``, joins the scalars that enter ``W_{Z_i}``:
-    ``Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik)`` for the first layer, the angles at the centre atom
-    itself, which messages alone reach only through a further layer (and, in the last layer,
-    never). The last layer, whose output is scalars only, then also forms the l > 0 messages of
-    ``irreps_hidden`` from its neighbours' scalars, for their norms alone (+10-20 % per call for
-    the ``si_sevennet`` student).
+    With ``angular_order`` L > 0, the squared norm of every channel of each l > 0 block of the
+    summed messages, ``|Σ_j m_ij|² / sqrt(2l + 1)``, joins the scalars that enter ``W_{Z_i}``:
+    for the neighbours' scalars these are ``Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik)``, the angles at
+    the centre atom itself, which messages alone reach only through a further layer (and, in
+    the last layer, never). Messages of orders the layer's output does not hold (every l > 0 in
+    the last layer, l_max < l ≤ L in all) are formed from the neighbours' scalars alone, for
+    their norms; ``irreps_sh`` then goes up to L, and only its l ≤ l_max part meets features of
+    l > 0.
 
     The caller evaluates ``radial`` and multiplies the harmonics by ``u / sqrt(n̄)`` (the
     messages are linear in both), once per call for all layers.
@@ -196,20 +197,21 @@ class InteractionLayer(nn.Module):
         num_basis: int,
         radial_hidden: int,
         self_connection: bool,
-        node_invariants: bool = False,
-        irreps_hidden: o3.Irreps | None = None,
+        l_max: int,
+        angular_order: int = 0,
     ) -> None:
         super().__init__()
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
-        # the last layer forms l > 0 messages only for their norms, from the neighbours' scalars
-        extra = o3.Irreps([(mul, ir) for mul, ir in (irreps_hidden or []) if ir not in irreps_out])
         self.linear_in = o3.Linear(irreps_in, irreps_in)
 
         message_irreps, instructions = [], []
         for i_in, (multiplicity, irrep_in) in enumerate(irreps_in):
             for i_sh, (_, irrep_sh) in enumerate(irreps_sh):
                 for irrep_message in irrep_in * irrep_sh:
-                    if irrep_message in irreps_out or (node_invariants and irrep_in.l == 0 and irrep_message in extra):
+                    feature = irrep_message in irreps_out and irrep_sh.l <= l_max
+                    # a scalar times Y_l gives Y_l's irrep: no other path makes it
+                    for_norm = irrep_in.l == 0 and 0 < irrep_sh.l <= angular_order and irrep_message not in irreps_out
+                    if feature or for_norm:
                         instructions.append((i_in, i_sh, len(message_irreps), "uvu", True))
                         message_irreps.append((multiplicity, irrep_message))
         self.message = o3.TensorProduct(
@@ -237,7 +239,7 @@ class InteractionLayer(nn.Module):
         )
         # (offset, multiplicity, dimension) of each l > 0 block of the messages whose norms join the scalars
         self.invariant_blocks: list[tuple[int, int, int]] = []
-        if node_invariants:
+        if angular_order > 0:
             for (mul, ir), block in zip(self.message.irreps_out, self.message.irreps_out.slices()):
                 if ir.l > 0:
                     self.invariant_blocks.append((block.start, mul, ir.dim))
@@ -303,8 +305,9 @@ class NequIP(StudentPotential):
         trainable_basis: learn the Bessel frequencies.
         radial_hidden: width of the radial MLP's hidden layer.
         cutoff_power: p of the polynomial cutoff envelope.
-        node_invariants: give every layer the norms of its summed l > 0 messages as scalars
-            (the angles at each atom; see :class:`InteractionLayer`).
+        angular_order: highest order L of the angle terms ``P_l(cos θ)`` at each atom that every
+            layer gets as scalars (the norms of its summed l > 0 messages; 0: none, else l_max to 2;
+            see :class:`InteractionLayer`).
 
     ``node_features``: ``layer_1`` … ``layer_{num_layers}``, the features after each layer.
     """
@@ -327,22 +330,24 @@ class NequIP(StudentPotential):
         trainable_basis: bool = False,
         radial_hidden: int = 64,
         cutoff_power: int = 6,
-        node_invariants: bool = False,
+        angular_order: int = 0,
     ) -> None:
         super().__init__(elements, cutoff, e0, scale, avg_num_neighbors, zbl, learn_scale)
         if not 0 <= l_max <= 2:
             raise ValueError(f"l_max must be 0, 1 or 2, got {l_max}")
+        if angular_order != 0 and not max(l_max, 1) <= angular_order <= 2:
+            raise ValueError(f"angular_order must be 0 or from max(l_max, 1) = {max(l_max, 1)} to 2, got {angular_order}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         self.channels, self.l_max, self.num_layers = int(channels), int(l_max), int(num_layers)
         self.num_basis, self.trainable_basis = int(num_basis), bool(trainable_basis)
         self.radial_hidden, self.cutoff_power = int(radial_hidden), int(cutoff_power)
-        self.node_invariants = bool(node_invariants)
+        self.angular_order = int(angular_order)
 
         self.embedding = nn.Embedding(self.num_species, channels)
         self.radial_basis = BesselBasis(cutoff, num_basis, trainable_basis)
         self.envelope = PolynomialCutoff(cutoff, cutoff_power)
-        irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        irreps_sh = o3.Irreps.spherical_harmonics(max(l_max, self.angular_order))
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
 
         scalars = o3.Irreps(f"{channels}x0e")
@@ -360,8 +365,8 @@ class NequIP(StudentPotential):
                     num_basis,
                     radial_hidden,
                     self_connection=index > 0,
-                    node_invariants=self.node_invariants,
-                    irreps_hidden=hidden,
+                    l_max=l_max,
+                    angular_order=self.angular_order,
                 )
             )
             irreps_in = irreps_out
@@ -381,7 +386,7 @@ class NequIP(StudentPotential):
             "trainable_basis": self.trainable_basis,
             "radial_hidden": self.radial_hidden,
             "cutoff_power": self.cutoff_power,
-            "node_invariants": self.node_invariants,
+            "angular_order": self.angular_order,
         }
 
     def node_feature_irreps(self) -> dict[str, str]:
