@@ -34,6 +34,16 @@ class TestNequIPAngles(StudentPhysicsTests):
         )
 
 
+class TestNequIPScalarAngles(StudentPhysicsTests):
+    """Scalar features with angle terms up to P_2 (the si_sevennet student's kind)."""
+
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return NequIP(
+            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=0, num_layers=2,
+            radial_hidden=16, angular_order=2,
+        )
+
+
 class TestPaiNN(StudentPhysicsTests):
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return PaiNN(elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=16, num_layers=2)
