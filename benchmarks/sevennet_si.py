@@ -4,8 +4,8 @@ MACE trainers reach on the same files (numbers from that folder's README, 2 CPU 
 
 Errors are root-mean-square per component against the teacher (energy meV/atom, forces meV/Å,
 stress meV/Å³, six Voigt components). Speed: energy + forces + stress per call through each
-model's ASE calculator on rattled diamond cells (64 and 216 atoms), median of 7 calls after 2
-warm-ups, student and SevenNet-0 in this process with the same threads.
+model's ASE calculator on rattled diamond cells (64 and 216 atoms), median of 9 calls after 3
+warm-ups, student and SevenNet-0 taking turns call by call in this process with the same threads.
 
     python benchmarks/sevennet_si.py [--minutes 12] [--data ../shared/data/sevennet_si]
 """
@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-from statistics import median
 
 import torch
 from ase import Atoms
@@ -40,20 +39,6 @@ PEERS = [
     ("`sevenn train` (32 ch, l_max 1, 2 layers, 4.5 Å)", 29_244, 631, 5.69, 48.5, 1.77, "30.8× / 56×"),
     ("MACE 0.3.16 (32 ch, max_L 1, 2 interactions, 4.5 Å)", 75_920, 675, 8.32, 28.8, 5.86, "5.6× / 6.0×"),
 ]
-
-
-def seconds_per_call(calculator, repeat: int, repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of an energy + forces + stress call, s, each call on a newly rattled
-    diamond cell repeated ``repeat`` times (so nothing is reused between calls)."""
-    times = []
-    for k in range(warmup + repeats):
-        atoms = rattled_diamond(repeat, seed=k)
-        atoms.calc = calculator
-        start = time.perf_counter()
-        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        if k >= warmup:
-            times.append(time.perf_counter() - start)
-    return median(times)
 
 
 def rattled_diamond(repeat: int, seed: int = 0) -> Atoms:
@@ -99,10 +84,14 @@ def main() -> None:
     # skin 0: the student rebuilds its neighbour list on every call, as SevenNet-0 does
     student = StudentCalculator(potential_dir, skin=0.0)
     teacher = load_teacher("sevennet:7net-0").ase_calculator()
-    speed = {}
-    for repeat in (2, 3):
-        t_student, t_teacher = seconds_per_call(student, repeat), seconds_per_call(teacher, repeat)
-        speed[8 * repeat**3] = {"student_ms": 1e3 * t_student, "teacher_ms": 1e3 * t_teacher, "ratio": t_teacher / t_student}
+    from shipped_si import timings  # shipped_si imports this module
+
+    ms = timings({"student": student, "teacher": teacher}, repeats=9, warmup=3)
+    speed = {
+        n: {"student_ms": ms["student"][n]["wall_ms"], "teacher_ms": ms["teacher"][n]["wall_ms"],
+            "ratio": ms["teacher"][n]["wall_ms"] / ms["student"][n]["wall_ms"]}
+        for n in (64, 216)
+    }
     n_parameters = sum(p.numel() for p in load_potential(potential_dir).model.parameters())
     record = {
         "overrides": args.overrides, "minutes": args.minutes, "training_seconds": training_seconds,
