@@ -81,6 +81,7 @@ SECTIONS = {
     "shipped_si": "Shipped silicon student against SevenNet-0 and mlearn DFT (`OMP_NUM_THREADS=1 python benchmarks/shipped_si.py --ship`)",
     "mlearn": "mlearn Si, Ge, Cu: teachers and distilled students against DFT (`python benchmarks/mlearn.py`)",
     "speed_accuracy": "Speed against accuracy over student sizes (`python benchmarks/speed_accuracy.py`)",
+    "student_architecture": "Student architecture: what learns SevenNet-0 silicon fastest (`python benchmarks/student_architecture.py`)",
     "student_profile": "Where a student's call spends its time (`python benchmarks/student_profile.py`)",
     "data_pipeline": "Data pipeline: graph cache, loading share, peak memory (`python benchmarks/data_pipeline.py`)",
     "training_overhead": "Training-stack overhead per step (`python benchmarks/training_overhead.py`)",

@@ -1,0 +1,114 @@
+"""Which student architecture learns SevenNet-0 silicon fastest, at what speed.
+
+Each variant is ``experiment=si_sevennet`` plus overrides, trained for the same wall time on
+``../shared/data/sevennet_si/train.xyz`` (as ``benchmarks/sevennet_si.py`` trains: 36 cells held
+out for validation) and scored on ``valid.xyz`` (RMSE per component against the teacher: energy
+meV/atom, forces meV/Å, stress meV/Å³). Runs go two at a time, one thread each, so that the
+2 cores do two variants in the time of one; the wall time per variant is then worth about two
+thirds of a 2-thread run's (compare variants with each other, not with ``sevennet_si.md``).
+Speed: energy + forces + stress per call of each variant with random weights at 64 and 216 atoms
+(2 threads, median of 9 after 3 warm-ups, the variants taking turns call by call), after the training.
+
+    python benchmarks/student_architecture.py [--minutes 7] [--variants NAME ...]
+    python benchmarks/student_architecture.py --speed-only   # time the rows of results/student_architecture.json again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+from pathlib import Path
+
+import torch
+
+from reference_training import epochs_completed, regenerate_readme
+from sevennet_si import DATA, RESULTS, rattled_diamond, train_student
+from shipped_si import timings
+
+from mlip_distill.calculator import StudentCalculator
+from mlip_distill.data.graph import neighbour_list
+from mlip_distill.evaluate import evaluate_file
+from mlip_distill.models import build_model
+from mlip_distill.package import Potential
+from mlip_distill.training.run import compose_config
+
+# name: overrides on top of experiment=si_sevennet (l_max 0, P_2 angles, 4.5 Å)
+VARIANTS = {
+    "l_max 1, 5 Å (before)": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, 5 Å, batch 8": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0", "data.batch_size=8"],
+    "l_max 1, 5 Å, batch 2": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0", "data.batch_size=2"],
+    "l_max 1, P_2 angles, 4.5 Å": ["model.l_max=1"],
+    "l_max 0, P_2 angles, 4.5 Å (si_sevennet)": [],
+    "l_max 0, P_2 angles, 4.5 Å, batch 2": ["data.batch_size=2"],
+    "l_max 0, P_2 angles, 4.5 Å, 1 layer": ["model.num_layers=1"],
+}
+
+
+def train_variant(name: str, minutes: float, root: str) -> dict:
+    """Train one variant on one thread; its errors on valid.xyz and the epochs it ran."""
+    torch.set_num_threads(1)
+    potential_dir, seconds = train_student(DATA, f"{root}/{name.replace(' ', '_')}", minutes, VARIANTS[name])
+    errors = evaluate_file(potential_dir, DATA / "valid.xyz", sources=["reference"])["reference"]
+    epochs = epochs_completed(potential_dir.parent)
+    return {"name": name, "overrides": VARIANTS[name], "training_seconds": seconds, "epochs": epochs,
+            "E": errors["energy_rmse_mev_per_atom"], "F": errors["forces_rmse_mev_per_A"],
+            "S": errors.get("stress_rmse_mev_per_A3")}
+
+
+def random_student(overrides: list[str]) -> tuple[Potential, int]:
+    """The variant with random weights (neighbour normalisation of diamond Si at its cutoff)."""
+    options = dict(compose_config(["experiment=si_sevennet", *overrides]).model)
+    name, cutoff = options.pop("name"), float(options["cutoff"])
+    atoms = rattled_diamond(2, seed=0)
+    mean_neighbours = len(neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)[0]) / len(atoms)
+    torch.manual_seed(0)
+    model = build_model(name, elements=[14], e0={14: -5.0}, avg_num_neighbors=mean_neighbours, **options).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    return Potential(model=model, metadata={"cutoff": cutoff, "elements": [14], "dtype": "float32"}), parameters
+
+
+def write_results(rows: list[dict], minutes: float) -> None:
+    (RESULTS / "student_architecture.json").write_text(json.dumps({"minutes": minutes, "rows": rows}, indent=2) + "\n")
+    lines = [
+        "| student | parameters | epochs | E RMSE (meV/atom) | F RMSE (meV/Å) | S RMSE (meV/Å³) | ms per call, 64 / 216 atoms |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['name']} | {r['parameters']:,} | {r['epochs']} | {r['E']:.2f} | {r['F']:.1f} | {r['S']:.2f} | "
+          f"{r['ms_64']:.1f} / {r['ms_216']:.1f} |" for r in rows),
+        "",
+        f"Each variant trained {minutes:g} min on one thread, two at a time on the 2 cores (`train.xyz` less 36 cells; "
+        "errors on the 40 cells of `valid.xyz`); cosine learning rate ending with the time, batch 4 unless said. "
+        "Speed: random weights, 2 threads, quiet machine, variants taking turns call by call. "
+        "P_l angles: `model.angular_order`, the norms of each atom's summed l ≤ L messages "
+        "(Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik) for the neighbours' scalars).",
+    ]
+    (RESULTS / "student_architecture.md").write_text("\n".join(lines) + "\n")
+    regenerate_readme()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=7.0, help="training wall time of each variant")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--root", default="runs/benchmarks/student_architecture")
+    parser.add_argument("--speed-only", action="store_true", help="keep the trained rows of the last results, time again")
+    args = parser.parse_args()
+    if args.speed_only:
+        previous = json.loads((RESULTS / "student_architecture.json").read_text())
+        rows, args.minutes = previous["rows"], previous["minutes"]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(2, maxtasksperchild=1) as pool:
+            rows = pool.starmap(train_variant, [(name, args.minutes, args.root) for name in args.variants])
+    torch.set_num_threads(2)
+    students = {row["name"]: random_student(row["overrides"]) for row in rows}
+    ms = timings({name: StudentCalculator(potential, skin=0.0) for name, (potential, _) in students.items()}, warmup=3)
+    for row in rows:
+        row["parameters"] = students[row["name"]][1]
+        row["ms_64"], row["ms_216"] = ms[row["name"]][64]["wall_ms"], ms[row["name"]][216]["wall_ms"]
+    write_results(rows, args.minutes)
+    print((RESULTS / "student_architecture.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
