@@ -121,3 +121,25 @@ def test_one_layer_sees_the_angle_at_an_atom_only_with_angle_terms(l_max, angula
 def test_nequip_rejects_angular_order_below_l_max():
     with pytest.raises(ValueError, match="angular_order must be 0 or from max\\(l_max, 1\\) = 2 to 2, got 1"):
         NequIP([1], CUTOFF, l_max=2, angular_order=1)
+
+
+@pytest.mark.parametrize("l_max, angular_order", [(0, 2), (0, 1), (1, 0), (2, 2)])
+def test_scalar_input_messages_match_the_path_by_path_sums(l_max, angular_order):
+    """Layers whose input is scalars sum all their messages in one product; the result (messages
+    and their norms) equals the path-by-path sums of EdgeMessages."""
+    import torch
+
+    torch.manual_seed(0)
+    model = NequIP([1, 8], CUTOFF, channels=4, l_max=l_max, num_layers=2, radial_hidden=8, angular_order=angular_order).double()
+    layer = model.layers[0]
+    assert layer.scalar_messages is not None
+    num_edges, num_atoms = 11, 5
+    features = torch.randn(num_edges, 4, dtype=torch.float64)
+    harmonics = torch.randn(num_edges, layer.message.irreps_in2.dim, dtype=torch.float64)
+    weights = torch.randn(num_edges, layer.message.weight_numel, dtype=torch.float64)
+    centre = torch.randint(0, num_atoms, (num_edges,))
+    messages = layer.edge_messages(features, harmonics, weights)
+    summed = messages.new_zeros(num_atoms, messages.shape[1]).index_add(0, centre, messages)
+    if layer.invariant_blocks:
+        summed = torch.cat([summed, layer.norms(summed)], dim=1)
+    torch.testing.assert_close(layer.scalar_aggregate(features, harmonics, weights, centre, num_atoms), summed)
