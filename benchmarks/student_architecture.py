@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 
 import torch
 
@@ -47,7 +48,8 @@ VARIANTS = {
 def train_variant(name: str, minutes: float, root: str) -> dict:
     """Train one variant on one thread; its errors on valid.xyz and the epochs it ran."""
     torch.set_num_threads(1)
-    potential_dir, seconds = train_student(DATA, f"{root}/{name.replace(' ', '_')}", minutes, VARIANTS[name])
+    folder = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")  # Hydra overrides cannot hold commas or spaces
+    potential_dir, seconds = train_student(DATA, f"{root}/{folder}", minutes, VARIANTS[name])
     errors = evaluate_file(potential_dir, DATA / "valid.xyz", sources=["reference"])["reference"]
     epochs = epochs_completed(potential_dir.parent)
     return {"name": name, "overrides": VARIANTS[name], "training_seconds": seconds, "epochs": epochs,
