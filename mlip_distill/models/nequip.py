@@ -85,15 +85,16 @@ class EdgeMessages(nn.Module):
 
 class ScalarInputMessages(nn.Module):
     """The messages of an :class:`EdgeMessages` whose input is scalars only, summed over each
-    atom's neighbours, with every path at once.
+    atom's neighbours, with one weighting of the features for all paths.
 
     A scalar feature times ``Y_l`` couples to ``Y_l`` itself (the Clebsch-Gordan coefficients of
     0 x l -> l are the identity over sqrt(2l + 1)), so each path's message is ``x_c w_pc Y_l`` up to
-    a constant: one (E, D, C) product for all D harmonic components and C channels instead of a
-    few small operations per path, which is what a call of a small cell spends its time on.
+    a constant: one weighting of the features for all paths and one broadcast product per path,
+    instead of the general path's several small operations, which is what a call of a small cell
+    spends its time on.
 
     Shapes: ``features`` (E, C), ``harmonics`` (E, D), ``weights`` (E, paths x C), ``centre`` (E,)
-    → (N, D, C), component-major: path p's block is ``[:, offset_p : offset_p + d_p]``.
+    → per path (N, d_p, C), component-major.
     """
 
     def __init__(self, messages: EdgeMessages, num_harmonics: int) -> None:
@@ -111,17 +112,20 @@ class ScalarInputMessages(nn.Module):
             scale += [float(coupling[0, 0])] * d_out
         self.channels, self.sizes = messages.paths[0][2], sizes
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.get_default_dtype()), persistent=False)
-        self.register_buffer(
-            "path_of_component", torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)), persistent=False
-        )
 
-    def forward(self, features: Tensor, harmonics: Tensor, weights: Tensor, centre: Tensor, num_atoms: int) -> Tensor:
+    def forward(
+        self, features: Tensor, harmonics: Tensor, weights: Tensor, centre: Tensor, num_atoms: int
+    ) -> list[Tensor]:
         num_edges = features.shape[0]
         weighted = features.unsqueeze(1) * weights.reshape(num_edges, len(self.sizes), self.channels)  # (E, P, C)
-        components = torch.index_select(weighted, 1, self.path_of_component) * (harmonics * self.scale).unsqueeze(-1)
-        size = components.shape[1] * self.channels
-        summed = components.new_zeros(num_atoms, size).index_add(0, centre, components.reshape(num_edges, size))
-        return summed.reshape(num_atoms, components.shape[1], self.channels)
+        summed = []
+        for path, y in enumerate(torch.split(harmonics * self.scale, self.sizes, dim=1)):
+            # summed path by path: joining the (E, d, C) products first would copy every edge's messages
+            size = y.shape[1] * self.channels
+            message = (weighted[:, path, None, :] * y.unsqueeze(-1)).reshape(num_edges, size)
+            total = message.new_zeros(num_atoms, size).index_add(0, centre, message)
+            summed.append(total.reshape(num_atoms, y.shape[1], self.channels))
+        return summed
 
 
 class SpeciesLinear(nn.Module):
@@ -329,8 +333,7 @@ class InteractionLayer(nn.Module):
     ) -> Tensor:
         """The summed messages and their norms as :meth:`forward` joins them, through
         :class:`ScalarInputMessages`: (N, message dim + number of l > 0 channels)."""
-        summed = self.scalar_messages(features, harmonics, weights, centre, num_atoms)  # (N, D, C)
-        blocks = torch.split(summed, self.scalar_messages.sizes, dim=1)
+        blocks = self.scalar_messages(features, harmonics, weights, centre, num_atoms)  # (N, d_p, C) each
         # e3nn's layout is channel-major within a block
         joined = [block.transpose(1, 2).reshape(num_atoms, block.shape[1] * block.shape[2]) for block in blocks]
         norms = [block.square().sum(dim=1) / math.sqrt(block.shape[1]) for block in blocks if block.shape[1] > 1]
