@@ -23,15 +23,12 @@ import re
 import torch
 
 from reference_training import epochs_completed, regenerate_readme
-from sevennet_si import DATA, RESULTS, rattled_diamond, train_student
+from sevennet_si import DATA, RESULTS, train_student
 from shipped_si import timings
+from student_profile import random_student
 
 from mlip_distill.calculator import StudentCalculator
-from mlip_distill.data.graph import neighbour_list
 from mlip_distill.evaluate import evaluate_file
-from mlip_distill.models import build_model
-from mlip_distill.package import Potential
-from mlip_distill.training.run import compose_config
 
 # name: overrides on top of experiment=si_sevennet (l_max 0, P_2 angles, 4.5 Å)
 VARIANTS = {
@@ -55,18 +52,6 @@ def train_variant(name: str, minutes: float, root: str) -> dict:
     return {"name": name, "overrides": VARIANTS[name], "training_seconds": seconds, "epochs": epochs,
             "E": errors["energy_rmse_mev_per_atom"], "F": errors["forces_rmse_mev_per_A"],
             "S": errors.get("stress_rmse_mev_per_A3")}
-
-
-def random_student(overrides: list[str]) -> tuple[Potential, int]:
-    """The variant with random weights (neighbour normalisation of diamond Si at its cutoff)."""
-    options = dict(compose_config(["experiment=si_sevennet", *overrides]).model)
-    name, cutoff = options.pop("name"), float(options["cutoff"])
-    atoms = rattled_diamond(2, seed=0)
-    mean_neighbours = len(neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)[0]) / len(atoms)
-    torch.manual_seed(0)
-    model = build_model(name, elements=[14], e0={14: -5.0}, avg_num_neighbors=mean_neighbours, **options).eval()
-    parameters = sum(p.numel() for p in model.parameters())
-    return Potential(model=model, metadata={"cutoff": cutoff, "elements": [14], "dtype": "float32"}), parameters
 
 
 def write_results(rows: list[dict], minutes: float) -> None:
@@ -102,10 +87,10 @@ def main() -> None:
         with context.Pool(2, maxtasksperchild=1) as pool:
             rows = pool.starmap(train_variant, [(name, args.minutes, args.root) for name in args.variants])
     torch.set_num_threads(2)
-    students = {row["name"]: random_student(row["overrides"]) for row in rows}
-    ms = timings({name: StudentCalculator(potential, skin=0.0) for name, (potential, _) in students.items()}, warmup=3)
+    students = {row["name"]: random_student(overrides=row["overrides"]) for row in rows}
+    ms = timings({name: StudentCalculator(potential, skin=0.0) for name, potential in students.items()}, warmup=3)
     for row in rows:
-        row["parameters"] = students[row["name"]][1]
+        row["parameters"] = sum(p.numel() for p in students[row["name"]].model.parameters())
         row["ms_64"], row["ms_216"] = ms[row["name"]][64]["wall_ms"], ms[row["name"]][216]["wall_ms"]
     write_results(rows, args.minutes)
     print((RESULTS / "student_architecture.md").read_text())

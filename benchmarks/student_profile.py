@@ -38,7 +38,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,10 +66,10 @@ def diamond(repeat: int, seed: int, rattle: float = 0.05) -> Atoms:
     return atoms
 
 
-def random_student(seed: int = 0) -> Potential:
-    """A student of the ``si_sevennet`` architecture with random weights; its neighbour
-    normalisation is the mean neighbour count of diamond silicon at its cutoff."""
-    options = dict(compose_config(["experiment=si_sevennet"]).model)
+def random_student(seed: int = 0, overrides: Sequence[str] = ()) -> Potential:
+    """A student of the ``si_sevennet`` architecture (with ``overrides``) with random weights; its
+    neighbour normalisation is the mean neighbour count of diamond silicon at its cutoff."""
+    options = dict(compose_config(["experiment=si_sevennet", *overrides]).model)
     name, cutoff = options.pop("name"), float(options["cutoff"])
     atoms = diamond(2, seed=0, rattle=0.0)
     mean_neighbours = len(neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)[0]) / len(atoms)
