@@ -264,6 +264,8 @@ def md_throughput(report: Report, calculator_for: Callable[[], Any], repeats: tu
             )
             if builds_before is not None:
                 row["neighbour_list_builds"] = atoms.calc.neighbour_list_builds - builds_before
+            if getattr(atoms.calc, "cuda_graph_error", None):
+                row["cuda_graph_error"] = atoms.calc.cuda_graph_error[:200]
             if device.startswith("cuda"):
                 row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if breakdown:
@@ -310,7 +312,8 @@ def cuda_graph_agreement(potential_dir: str, device: str) -> dict[str, Any]:
         worst["forces_mev_per_A"] = max(worst["forces_mev_per_A"], 1e3 * float(np.abs(f1 - f2).max()))
         worst["stress_mev_per_A3"] = max(worst["stress_mev_per_A3"], 1e3 * float(np.abs(s1 - s2).max()))
     return {**{key: round(value, 5) for key, value in worst.items()},
-            "rebuilds": replayed.neighbour_list_builds, "still_captured": replayed.cuda_graph}
+            "rebuilds": replayed.neighbour_list_builds, "still_captured": replayed.cuda_graph is not False,
+            "capture_error": replayed.cuda_graph_error}
 
 
 def _timed(function: Callable[[], Any], device: str, repeats: int = 5) -> float:
@@ -389,10 +392,11 @@ def markdown(results: dict[str, Any]) -> str:
             other = by_atoms.get(row["atoms"], {})
             graph_row = graphed.get(row["atoms"], {})
             best = min((r["ms_per_step"] for r in (row, graph_row) if "ms_per_step" in r), default=None)
+            graph_note = " (not recorded: ran eagerly)" if "cuda_graph_error" in graph_row else ""
             speedup = f"{other['ms_per_step'] / best:.1f}×" if "ms_per_step" in other and best else ""
             lines.append(f"| {row['atoms']:,} | {row.get('ms_per_step', row.get('error', ''))} | "
                          f"{row.get('atom_steps_per_s', '')} | {row.get('neighbour_list_builds', '')} | "
-                         f"{row.get('peak_memory_gib', '')} | {graph_row.get('ms_per_step', graph_row.get('error', ''))} | "
+                         f"{row.get('peak_memory_gib', '')} | {graph_row.get('ms_per_step', graph_row.get('error', ''))}{graph_note} | "
                          f"{other.get('ms_per_step', (other.get('error') or '')[:40])} | {speedup} |")
         lines += ["", "Student step breakdown (ms): neighbour list build (done only on a rebuild), graph update "
                   "(positions to the device, edges within the cutoff), network forward + backward, the whole ASE call.", "",
@@ -407,6 +411,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"\nCUDA graph against eager, 20 steps of 216 atoms at 1,000 K ({agreement['rebuilds']} neighbour-list "
                      f"builds): largest differences {agreement['energy_mev_per_atom']} meV/atom, "
                      f"{agreement['forces_mev_per_A']} meV/Å, {agreement['stress_mev_per_A3']} meV/Å³.")
+        if not agreement.get("still_captured", True):
+            lines.append(f"**The CUDA graph could not be recorded; both ran eagerly**: {agreement.get('capture_error')}")
     errors = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
     if errors:
         lines += ["", "### Errors", ""] + [f"- {name}: {message}" for name, message in errors.items()]
@@ -441,7 +447,7 @@ def main() -> None:
     if "training" not in args.skip:
         trained = report.part("training", lambda: training(report, work, args.cells, args.epochs, args.batch_size, args.device))
     potential_dir = (trained or {}).get("potential_dir")
-    if not potential_dir and "md" not in args.skip:
+    if not potential_dir and not {"md", "md_cuda_graph"} <= set(args.skip):
         potential_dir = report.part("untrained_potential", lambda: untrained_potential(work))
     if potential_dir and "md" not in args.skip:
         report.part("md", lambda: md_throughput(

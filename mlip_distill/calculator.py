@@ -86,6 +86,7 @@ class StudentCalculator(Calculator):
         self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
         self.cuda_graph = cuda_graph if on_cuda and not self.compiled else False
         self._captured: dict[bool, CapturedStep] = {}  # by "with stress", for the current neighbour list
+        self.cuda_graph_error: str | None = None  # why recording failed, if it did (the calculator then runs eagerly)
         self._graph = None
         self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -159,7 +160,7 @@ class StudentCalculator(Calculator):
                 self._captured[want_stress] = CapturedStep(self.model, self._graph, want_stress)
             except RuntimeError as exc:  # an operation the capture refuses: run eagerly from now on
                 warnings.warn(f"cuda_graph turned off: recording the student failed ({exc})", stacklevel=2)
-                self.cuda_graph = False
+                self.cuda_graph, self.cuda_graph_error = False, str(exc)
                 return self.model(self._graph_for(atoms), compute_forces=True, compute_stress=want_stress)
         return self._captured[want_stress](positions)
 

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.models import build_model
+from mlip_distill.models.conservative import energy_forces_stress
 from mlip_distill.package import PotentialError, load_potential, save_potential
 
 
@@ -129,3 +131,47 @@ def test_pairs_between_cutoff_and_skin_add_nothing(package):
 def test_cuda_graph_needs_a_cuda_device(package):
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         StudentCalculator(package, cuda_graph=True)
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records the operations a CUDA graph cannot hold: reading a value back to the host
+    (``.item()``, data-dependent shapes) and making a tensor from Python data."""
+
+    BLOCKED = ("_local_scalar_dense", "nonzero", "lift_fresh", "lift_fresh_copy", "masked_select", "unique")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.BLOCKED:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name, options", [
+    ("nequip", {"l_max": 1}),
+    ("nequip", {"l_max": 0, "angular_order": 2}),
+    ("painn", {}),
+])
+def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tmp_path):
+    # The CUDA-graph path records one energy + forces + stress evaluation and falls back to eager
+    # (silently slow) when the recording fails; these are the operations that make it fail.
+    torch.manual_seed(0)
+    model = build_model(name, elements=[29, 79], cutoff=4.0, e0={29: -0.5, 79: -0.3}, channels=8, num_layers=2,
+                        **options)
+    atoms = rattled_copper()
+    atoms.numbers[::3] = 79
+    calculator = StudentCalculator(save_potential(model, name, tmp_path / "potential"), skin=0.5)
+    calculator._positions(atoms)  # the graph a recording is made of, built beforehand as it is there
+    graph = calculator._graph
+    species = calculator.model.species(graph.numbers)
+    traffic = HostTraffic()
+    with traffic:
+        output = energy_forces_stress(
+            lambda batch, vectors: calculator.model.atomic_energies_of_species(species, batch.edge_index, vectors),
+            graph, compute_forces=True, compute_stress=True, dtype=calculator.model.dtype,
+        )
+    assert traffic.seen == []
+    atoms.calc = calculator
+    np.testing.assert_allclose(output["stress"].detach().numpy()[0], atoms.get_stress(), rtol=1e-5, atol=1e-8)

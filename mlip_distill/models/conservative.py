@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-VOIGT_ROWS = (0, 1, 2, 1, 0, 0)
-VOIGT_COLUMNS = (0, 1, 2, 2, 2, 1)
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 AtomicEnergyModel = Callable[[Batch, Tensor], tuple[Tensor, dict[str, Tensor]]]
 """``(batch, edge_vectors (E, 3) Å) → (atomic energies (N,) eV, node features {name: (N, F)})``."""
@@ -37,7 +36,9 @@ def edge_vectors(pos: Tensor, cell: Tensor, batch: Batch) -> Tensor:
 
 def voigt(matrix: Tensor) -> Tensor:
     """(B, 3, 3) → (B, 6) in the order xx, yy, zz, yz, xz, xy."""
-    return matrix[:, VOIGT_ROWS, VOIGT_COLUMNS]
+    # plain slices: indexing with lists would copy an index tensor to the device on every call,
+    # which a CUDA graph cannot record
+    return torch.stack([matrix[:, row, column] for row, column in VOIGT_PAIRS], dim=1)
 
 
 def energy_forces_stress(
@@ -115,7 +116,8 @@ def stress_from_strain_derivative(energy_derivative: Tensor, cell: Tensor, pbc: 
 
     NaN where the structure is not periodic or its cell has no volume.
     """
-    volume = torch.linalg.det(cell.reshape(-1, 3, 3)).abs()
+    cell = cell.reshape(-1, 3, 3)
+    volume = (cell[:, 0] * torch.linalg.cross(cell[:, 1], cell[:, 2], dim=-1)).sum(dim=-1).abs()  # no LU, unlike det
     has_volume = pbc.reshape(-1, 3).any(dim=1) & (volume > 0)
     safe_volume = torch.where(has_volume, volume, torch.ones_like(volume))
     stress = voigt(energy_derivative) / safe_volume.unsqueeze(-1)

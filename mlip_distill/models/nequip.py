@@ -408,6 +408,8 @@ class NequIP(StudentPotential):
         self.angular_order = int(angular_order)
 
         self.embedding = nn.Embedding(self.num_species, channels)
+        # rows of the identity rather than one_hot, which reads the largest species back to the host on a CPU
+        self.register_buffer("species_one_hot", torch.eye(self.num_species), persistent=False)
         self.radial_basis = BesselBasis(cutoff, num_basis, trainable_basis)
         self.envelope = PolynomialCutoff(cutoff, cutoff_power)
         irreps_sh = o3.Irreps.spherical_harmonics(max(l_max, self.angular_order))
@@ -485,7 +487,7 @@ class NequIP(StudentPotential):
         # are applied to them once, for every layer.
         edge_scale = self.envelope(distances) / math.sqrt(self.avg_num_neighbors)
         edge_harmonics = self.spherical_harmonics(edge_vectors) * edge_scale.unsqueeze(-1)
-        species_one_hot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
+        species_one_hot = self.species_one_hot[species].to(edge_vectors.dtype)
 
         features = self.embedding(species)
         node_features: dict[str, Tensor] = {}
