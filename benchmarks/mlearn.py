@@ -44,6 +44,7 @@ from mlip_distill.sampling import sample_structures
 from mlip_distill.sampling.perturb import write_extxyz
 from mlip_distill.teachers import load_teacher
 from mlip_distill.teachers.labelling import label_file
+from call_timing import timings
 from shipped_si import (
     DATA,
     EXPERIMENT,
@@ -53,7 +54,6 @@ from shipped_si import (
     errors_against_dft,
     label_counts,
     student_folders,
-    timings,
     train_students,
 )
 

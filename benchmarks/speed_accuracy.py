@@ -1,14 +1,15 @@
 """Speed against accuracy over student sizes, on ``../shared/data/sevennet_si``.
 
-Students of ``experiment=si_sevennet`` with more and more channels, rotation orders and layers are
-each trained for the same number of epochs on ``train.xyz`` (360 cells labelled by SevenNet-0),
+Students of ``experiment=si_sevennet`` with more and more channels, rotation orders and layers (all
+with the P_2 angle terms) are each trained with its recipe (batch 4, cosine from 0.02) for the same
+number of epochs on ``train.xyz`` (324 of the 360 cells labelled by SevenNet-0; 36 for validation),
 scored on ``valid.xyz`` (RMSE per component against the teacher: energy meV/atom, forces meV/Å,
 stress meV/Å³) and timed on the CPU beside SevenNet-0 (energy + forces + stress per call through
 each model's ASE calculator, 64 and 216 atoms, as in ``benchmarks/sevennet_si.py``).
 
 Two steps, so that training can run where it is fast (a GPU) and timing where it matters (here):
 
-    python benchmarks/speed_accuracy.py train --device cuda --out DIR   # writes DIR/speed_accuracy.tar.gz
+    python benchmarks/speed_accuracy.py train --device cuda --jobs 7 --out DIR   # writes DIR/speed_accuracy.tar.gz
     python benchmarks/speed_accuracy.py time --students DIR             # writes results/speed_accuracy.{json,md,png}
 
 ``time`` reads the folder or the ``.tar.gz`` that ``train`` wrote.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tarfile
 import tempfile
 import time
@@ -25,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from reference_training import regenerate_readme
+from reference_training import epochs_completed, regenerate_readme
 from sevennet_si import DATA, RESULTS
-from shipped_si import timings
+from call_timing import timings
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.data.store import import_structures
@@ -36,43 +38,64 @@ from mlip_distill.package import load_potential
 from mlip_distill.teachers import load_teacher
 from mlip_distill.training.run import compose_config, train
 
-# (name, channels, l_max, layers)
-SIZES = [("c8-l1-2", 8, 1, 2), ("c16-l1-2", 16, 1, 2), ("c32-l1-2", 32, 1, 2), ("c32-l2-3", 32, 2, 3)]
+# name: overrides on top of experiment=si_sevennet (32 channels, l_max 0 with P_2 angle terms, 2 layers, 4.5 Å)
+STUDENTS = {
+    "c16-l0-2": ["model.channels=16"],
+    "c32-l0-2": [],
+    "c64-l0-2": ["model.channels=64"],
+    "c32-l0-3": ["model.num_layers=3"],
+    "c32-l1-2": ["model.l_max=1"],
+    "c64-l1-3": ["model.channels=64", "model.l_max=1", "model.num_layers=3"],
+    "c32-l2-3": ["model.l_max=2", "model.num_layers=3"],
+}
 ARCHIVE = "speed_accuracy.tar.gz"
 
 
-def train_sizes(data: Path, out: Path, device: str, epochs: int, batch_size: int, sizes: list[str]) -> None:
-    """Train every size for ``epochs`` epochs; pack their potentials and errors into ``out/ARCHIVE``."""
+def train_student(name: str, overrides: list[str], labels: Path, valid: Path, work: Path, device: str, epochs: int,
+                  minutes: float, batch_size: int) -> dict:
+    """Train one student for ``epochs`` epochs (or ``minutes``, whichever ends first); its size and errors."""
+    torch.set_num_threads(1)
+    seconds = int(minutes * 60)
+    config = compose_config([
+        "experiment=si_sevennet", f"data.path={labels}", f"run_dir={work / name}", "data.n_valid=36",
+        f"data.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
+        f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
+        f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", "trainer.enable_progress_bar=false",
+        "logger=csv", *overrides,
+    ])
+    result = train(config)
+    errors = evaluate_file(result.potential_dir, valid, sources=["reference"])["reference"]
+    model = load_potential(result.potential_dir).model
+    return {
+        "overrides": overrides, "channels": config.model.channels, "l_max": config.model.l_max,
+        "angular_order": config.model.angular_order, "layers": config.model.num_layers,
+        "parameters": sum(p.numel() for p in model.parameters()), "epochs": epochs_completed(work / name),
+        "training_seconds": round(result.seconds, 1), "valid": errors,
+    }
+
+
+def train_students(data: Path, out: Path, device: str, epochs: int, minutes: float, batch_size: int,
+                   names: list[str], jobs: int) -> None:
+    """Train the students ``names`` (default all), ``jobs`` at a time in worker processes; pack their
+    potentials and errors into ``out/ARCHIVE``."""
     work = Path(tempfile.mkdtemp(prefix="speed_accuracy-"))
     labels = work / "train.h5"
     import_structures(data / "train.xyz", labels, source="teacher")
-    record = {"epochs": epochs, "batch_size": batch_size, "device": device, "students": {}}
+    record = {"epochs": epochs, "minutes": minutes, "batch_size": batch_size, "device": device, "students": {}}
     if device.startswith("cuda"):
         record["gpu"] = torch.cuda.get_device_name(device)
-    for name, channels, l_max, layers in SIZES:
-        if sizes and name not in sizes:
-            continue
-        config = compose_config([
-            "experiment=si_sevennet", f"data.path={labels}", f"run_dir={work / name}", "data.n_valid=36",
-            f"data.batch_size={batch_size}", f"model.channels={channels}", f"model.l_max={l_max}",
-            f"model.num_layers={layers}", f"trainer.max_epochs={epochs}", "trainer.max_time=null",
-            f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", "trainer.enable_progress_bar=false",
-            "logger=csv",
-        ])
-        result = train(config)
-        errors = evaluate_file(result.potential_dir, data / "valid.xyz", sources=["reference"])["reference"]
-        n_parameters = sum(p.numel() for p in load_potential(result.potential_dir).model.parameters())
-        record["students"][name] = {
-            "channels": channels, "l_max": l_max, "layers": layers, "parameters": n_parameters,
-            "training_seconds": round(result.seconds, 1), "valid": errors,
-        }
-        print(name, record["students"][name], flush=True)
-        (work / "students.json").write_text(json.dumps(record, indent=2, default=float))
-        out.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out / ARCHIVE, "w:gz") as archive:  # rewritten after each size: a cut-off run keeps the rest
-            archive.add(work / "students.json", arcname="students.json")
-            for done in record["students"]:
-                archive.add(work / done / "potential", arcname=done)
+    names = names or list(STUDENTS)
+    arguments = [(n, STUDENTS[n], labels, data / "valid.xyz", work, device, epochs, minutes, batch_size) for n in names]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        for name, result in zip(names, pool.starmap(train_student, arguments)):
+            record["students"][name] = result
+            print(name, result, flush=True)
+    (work / "students.json").write_text(json.dumps(record, indent=2, default=float))
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / ARCHIVE, "w:gz") as archive:
+        archive.add(work / "students.json", arcname="students.json")
+        for name in record["students"]:
+            archive.add(work / name / "potential", arcname=name)
 
 
 def unpack(students: Path) -> Path:
@@ -105,15 +128,16 @@ def write_results(record: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed_accuracy.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     rows = [
-        "| student | channels | l_max | layers | parameters | E RMSE (meV/atom) | F RMSE (meV/Å) | S RMSE (meV/Å³) "
-        "| ms per call, 64 / 216 atoms | speed vs SevenNet-0, 64 / 216 atoms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| student | channels | l_max | angle terms | layers | parameters | epochs | E RMSE (meV/atom) | F RMSE (meV/Å) "
+        "| S RMSE (meV/Å³) | ms per call, 64 / 216 atoms | speed vs SevenNet-0, 64 / 216 atoms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in record["students"].items():
         e = s["valid"]
         speed = s["speed"]
         rows.append(
-            f"| {name} | {s['channels']} | {s['l_max']} | {s['layers']} | {s['parameters']:,} | "
+            f"| {name} | {s['channels']} | {s['l_max']} | P_≤{s['angular_order']} | {s['layers']} | {s['parameters']:,} | "
+            f"{s['epochs']} | "
             f"{e['energy_rmse_mev_per_atom']:.2f} | {e['forces_rmse_mev_per_A']:.1f} | "
             f"{e.get('stress_rmse_mev_per_A3', float('nan')):.2f} | {speed['64']['student_ms']:.1f} / {speed['216']['student_ms']:.1f} | "
             f"{speed['64']['ratio']:.1f}× / {speed['216']['ratio']:.1f}× |"
@@ -121,7 +145,7 @@ def write_results(record: dict) -> None:
     teacher = record["teacher_ms"]
     rows += [
         "",
-        f"Each student trained for {record['epochs']} epochs (batch {record['batch_size']}, on "
+        f"Each student trained for {record['epochs']} epochs at most (batch {record['batch_size']}, on "
         f"{record.get('gpu', record['device'])}) on `train.xyz`, scored on the 40 cells of `valid.xyz`; timed on the CPU "
         f"({record['threads']} threads) beside SevenNet-0 ({teacher['64']:.0f} ms at 64 atoms, {teacher['216']:.0f} ms at 216), "
         "new structure per call (no neighbour-list reuse), models taking turns call by call, median of 9. Plot: `results/speed_accuracy.png`.",
@@ -164,15 +188,17 @@ def main() -> None:
     training.add_argument("--data", type=Path, default=DATA)
     training.add_argument("--out", type=Path, required=True)
     training.add_argument("--device", default="cpu")
-    training.add_argument("--epochs", type=int, default=50)
-    training.add_argument("--batch-size", type=int, default=16)
-    training.add_argument("--sizes", nargs="*", default=[], help="names of SIZES to train (default all)")
+    training.add_argument("--epochs", type=int, default=100)
+    training.add_argument("--minutes", type=float, default=30.0, help="wall-time limit of each student's training")
+    training.add_argument("--batch-size", type=int, default=4)
+    training.add_argument("--jobs", type=int, default=1, help="students trained at the same time")
+    training.add_argument("--students", nargs="*", default=[], help="names in STUDENTS to train (default all)")
     timing = commands.add_parser("time", help="time the students on the CPU beside SevenNet-0; write the results")
     timing.add_argument("--students", type=Path, required=True, help="the folder or .tar.gz that train wrote")
     args = parser.parse_args()
     if args.command == "train":
         start = time.perf_counter()
-        train_sizes(args.data, args.out, args.device, args.epochs, args.batch_size, args.sizes)
+        train_students(args.data, args.out, args.device, args.epochs, args.minutes, args.batch_size, args.students, args.jobs)
         print(f"trained in {time.perf_counter() - start:.0f} s")
     else:
         write_results(time_students(args.students))

@@ -24,7 +24,7 @@ import torch
 
 from reference_training import epochs_completed, regenerate_readme
 from sevennet_si import DATA, RESULTS, train_student
-from shipped_si import timings
+from call_timing import timings
 from student_profile import random_student
 
 from mlip_distill.calculator import StudentCalculator

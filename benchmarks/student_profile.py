@@ -21,7 +21,10 @@ property it does not have yet).
 ``--baseline REV`` also times the student models of git revision ``REV`` (the
 ``mlip_distill/models`` folder of that commit, same weights), interleaved with the current ones.
 
-    OMP_NUM_THREADS=2 python benchmarks/student_profile.py [--potential DIR] [--baseline REV]
+``--compile`` profiles the student with its network compiled by ``torch.compile``
+(``StudentCalculator(compile_network=True)``; compiled during the warm-up steps).
+
+    OMP_NUM_THREADS=2 python benchmarks/student_profile.py [--potential DIR] [--baseline REV] [--compile]
 """
 
 from __future__ import annotations
@@ -239,7 +242,8 @@ def largest_part(parts: dict[str, float]) -> str:
 def markdown(record: dict) -> str:
     lines = [
         f"Student: `experiment=si_sevennet` architecture ({record['student']}, {record['n_parameters']:,} "
-        f"parameters), eager, float32, torch {record['torch']}; SevenNet-0 in the same process with the same "
+        f"parameters), {'network compiled by torch.compile' if record.get('compiled') else 'eager'}, float32, "
+        f"torch {record['torch']}; SevenNet-0 in the same process with the same "
         f"threads. Medians of {record['calls']} steps after {record['warmup']} warm-ups. The machine has 2 cores "
         "that other jobs shared (load average below): wall times vary by tens of per cent between runs, and "
         "with 2 threads far more whenever the cores are oversubscribed.",
@@ -312,8 +316,8 @@ def markdown(record: dict) -> str:
 def profile(potential: Potential, before: Potential | None, teacher, args: argparse.Namespace, threads: int) -> dict:
     """Every size and mode at ``threads`` threads (``before``: the baseline student, if any)."""
     torch.set_num_threads(threads)
-    student = StudentCalculator(potential, skin=0.0, compiled=False)
-    student_md = StudentCalculator(potential, compiled=False)
+    student = StudentCalculator(potential, skin=0.0, compiled=False, compile_network=args.compile)
+    student_md = StudentCalculator(potential, compiled=False, compile_network=args.compile)
     baseline = None
     if before is not None:
         baseline = {"before": StudentCalculator(before, skin=0.0, compiled=False), "after": student}
@@ -351,6 +355,7 @@ def main() -> None:
                         help="torch threads; one profile per value")
     parser.add_argument("--baseline", metavar="REV",
                         help="also time the models of this git revision (or of a folder with a copy of them)")
+    parser.add_argument("--compile", action="store_true", help="compile the student's network with torch.compile")
     parser.add_argument("--output", type=Path, default=RESULTS / "student_profile")
     args = parser.parse_args()
 
@@ -364,6 +369,7 @@ def main() -> None:
         "student": str(args.potential or "random weights"),
         "n_parameters": sum(p.numel() for p in potential.model.parameters()),
         "torch": torch.__version__, "calls": args.calls, "warmup": args.warmup, "baseline": args.baseline,
+        "compiled": args.compile,
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as workdir:

@@ -175,3 +175,22 @@ def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tm
     assert traffic.seen == []
     atoms.calc = calculator
     np.testing.assert_allclose(output["stress"].detach().numpy()[0], atoms.get_stress(), rtol=1e-5, atol=1e-8)
+
+
+def test_compiled_network_gives_the_eager_numbers_for_any_size(package):
+    eager = StudentCalculator(package, compiled=False)
+    compiled = StudentCalculator(package, compile_network=True)
+    for repeat in [(2, 1, 1), (2, 2, 1)]:  # shapes change: the compiled kernels take any number of atoms and edges
+        atoms = rattled_copper(repeat, seed=sum(repeat))
+        results = []
+        for calculator in (eager, compiled):
+            atoms.calc = calculator
+            results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+        np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+        np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-10)
+        np.testing.assert_allclose(results[1][2], results[0][2], atol=1e-12)
+
+
+def test_compiling_the_network_is_for_the_cpu(package):
+    with pytest.raises(ValueError, match="compile_network runs on the CPU"):
+        StudentCalculator(package, device="cuda", compile_network=True)
