@@ -72,6 +72,22 @@ def test_neighbour_list_is_reused_within_the_skin_and_stays_exact(package):
     assert calculator.neighbour_list_builds == 2
 
 
+def test_one_calculator_follows_moves_strains_and_new_atoms_like_fresh_ones(package):
+    # Without a skin every call rebuilds, reusing the graph of the same atoms: each step must give
+    # what a new calculator gives, through moves too small for a tolerance, strain and a new cell.
+    calculator = StudentCalculator(package, dtype="float64", skin=0.0)
+    atoms = rattled_copper()
+    steps = [lambda a: a.positions[0].__iadd__(1e-6), lambda a: a.set_cell(a.cell * 1.02, scale_atoms=True),
+             lambda a: a.set_pbc([True, True, False]), lambda a: a.__delitem__(0)]
+    for change in steps:
+        change(atoms)
+        atoms.calc = calculator
+        results = (atoms.get_potential_energy(), atoms.get_forces())
+        atoms.calc = StudentCalculator(package, dtype="float64", skin=0.0)
+        assert results[0] == pytest.approx(atoms.get_potential_energy(), rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(results[1], atoms.get_forces(), atol=1e-12)
+
+
 def test_unknown_element_is_refused(package):
     atoms = rattled_copper()
     atoms.symbols[0] = "Au"
