@@ -75,6 +75,7 @@ SECTIONS = {
     "acac": "Acetylacetone, 300 K (`python benchmarks/acac.py`)",
     "sevennet_si": "SevenNet-0 silicon beside the sevenn and MACE trainers (`python benchmarks/sevennet_si.py`)",
     "sevennet_si_40min": "The same student trained 40 minutes on one thread (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1`)",
+    "sevennet_si_40min_forces": "Trained 40 minutes on one thread, forces weighted up (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1 --name sevennet_si_40min_forces loss.energy.weight=1.0 loss.stress.weight=1.0 data.batch_size=2`)",
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
     "rmd17_mace_speed": "rMD17 student against a MACE of the paper's size, on the CPU (`python benchmarks/rmd17_mace_speed.py`)",

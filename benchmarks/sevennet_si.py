@@ -65,12 +65,14 @@ def main() -> None:
     parser.add_argument("--root", default="runs/benchmarks/sevennet_si", help="where runs are written")
     parser.add_argument("--reuse", action="store_true",
                         help="score and time the student of the last results of this --minutes again, without training")
+    parser.add_argument("--name", default=None,
+                        help="results/NAME.{json,md} (default sevennet_si, or sevennet_si_<M>min beyond 12 minutes)")
     parser.add_argument("--train-threads", type=int, default=None,
                         help="torch threads while training (default: as timed); timing uses torch's default")
     parser.add_argument("overrides", nargs="*", help="training overrides on top of experiment=si_sevennet")
     args = parser.parse_args()
     # the budget is 12 minutes; longer runs are a different row, kept beside it
-    name = "sevennet_si" if args.minutes <= 12 else f"sevennet_si_{args.minutes:g}min"
+    name = args.name or ("sevennet_si" if args.minutes <= 12 else f"sevennet_si_{args.minutes:g}min")
     if args.reuse:
         previous = json.loads((RESULTS / f"{name}.json").read_text())
         potential_dir, training_seconds = Path(previous["potential"]), previous["training_seconds"]
