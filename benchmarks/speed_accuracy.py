@@ -148,7 +148,7 @@ def write_results(record: dict) -> None:
     rows += [
         "",
         f"Each student trained for {record['epochs']} epochs at most (batch {record['batch_size']}, on "
-        f"{record.get('gpu', record['device'])}) on `train.xyz`, scored on the 40 cells of `valid.xyz`; timed on the CPU "
+        f"{record.get('gpu', 'the CPU, one thread')}) on `train.xyz`, scored on the 40 cells of `valid.xyz`; timed on the CPU "
         f"({record['threads']} threads) beside SevenNet-0 ({teacher['64']:.0f} ms at 64 atoms, {teacher['216']:.0f} ms at 216), "
         "new structure per call (no neighbour-list reuse), models taking turns call by call, median of 9. Plot: `results/speed_accuracy.png`.",
     ]

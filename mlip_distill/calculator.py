@@ -47,8 +47,8 @@ class StudentCalculator(Calculator):
             where launches cost more than the extra pairs (``benchmarks/results/gpu_check``).
         compile_network: on the CPU, compile the network (the compiled or the eager one) with
             ``torch.compile``: C++ kernels made on this machine at the first call (tens of seconds,
-            cached on disk for later processes), then 1.2-1.5x faster calls
-            (``benchmarks/results/student_profile.md``). Worth it for MD, not for a few calls.
+            cached on disk for later processes), then faster calls: 1.2-1.4x for NequIP, 2x for PaiNN on one thread
+            (``benchmarks/results/compiled_vs_eager.md``). Worth it for MD, not for a few calls.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
