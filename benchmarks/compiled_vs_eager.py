@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.build import bulk
+
+from call_timing import rattled_diamond
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.models import build_model
@@ -36,12 +37,6 @@ STUDENTS = {
     "painn": {"channels": 32, "num_layers": 2, "cutoff": 5.0},
 }
 CELLS = {64: 2, 216: 3}  # atoms: repeat of the 8-atom cubic diamond cell
-
-
-def silicon(n_atoms: int):
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(CELLS[n_atoms])
-    atoms.rattle(0.05, seed=1)
-    return atoms
 
 
 def time_per_call(calculator: StudentCalculator, atoms, calls: int, rng) -> tuple[float, float]:
@@ -72,7 +67,7 @@ def benchmark(name: str, rounds: int, calls: int, folder: Path) -> list[dict]:
     compile_seconds = {}
     rows = []
     for n_atoms in CELLS:
-        atoms = silicon(n_atoms)
+        atoms = rattled_diamond(CELLS[n_atoms], seed=1)
         reference = None
         for route, calculator in calculators.items():
             start = time.perf_counter()

@@ -13,6 +13,7 @@ nothing to energies, forces or stress.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -22,6 +23,24 @@ from .models.base import StudentPotential
 from .models.conservative import energy_forces_stress
 
 WARMUP_PASSES = 3  # on a side stream before recording, as CUDA graph capture requires
+
+
+def recorded_evaluation(model: StudentPotential, batch: Batch, compute_stress: bool) -> Callable[[], dict[str, Tensor]]:
+    """The evaluation a :class:`CapturedStep` records: energy, forces and (if asked) stress of
+    ``batch`` (one structure) at the positions ``batch.pos`` holds when it is called. The species
+    are checked here, before any recording: the recorded graph cannot raise."""
+    species = model.species(batch.numbers)
+
+    def evaluate() -> dict[str, Tensor]:
+        return energy_forces_stress(
+            lambda batch, vectors: model.atomic_energies_of_species(species, batch.edge_index, vectors),
+            batch,
+            compute_forces=True,
+            compute_stress=compute_stress,
+            dtype=model.dtype,
+        )
+
+    return evaluate
 
 
 class CapturedStep:
@@ -38,19 +57,10 @@ class CapturedStep:
     """
 
     def __init__(self, model: StudentPotential, graph: Batch, compute_stress: bool) -> None:
-        species = model.species(graph.numbers)  # checked here: the recorded graph cannot raise
         self.positions = graph.pos.detach().clone()
         batch = copy.copy(graph)
         batch.pos = self.positions
-
-        def evaluate() -> dict[str, Tensor]:
-            return energy_forces_stress(
-                lambda batch, vectors: model.atomic_energies_of_species(species, batch.edge_index, vectors),
-                batch,
-                compute_forces=True,
-                compute_stress=compute_stress,
-                dtype=model.dtype,
-            )
+        evaluate = recorded_evaluation(model, batch, compute_stress)
 
         side = torch.cuda.Stream(device=self.positions.device)
         side.wait_stream(torch.cuda.current_stream(self.positions.device))

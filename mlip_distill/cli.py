@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads for both calculators (default: torch's choice); stated in the report")
     md.add_argument("--compile", action="store_true",
                     help="compile the student's network with torch.compile before the runs (tens of seconds "
-                         "once, then 1.2-1.5x faster steps on the CPU: for long runs)")
+                         "once, then 1.2-2x faster steps on the CPU: for long runs)")
     md.set_defaults(run=_md)
 
     defaults = _distill_defaults()

@@ -12,8 +12,8 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
 from mlip_distill.calculator import StudentCalculator
+from mlip_distill.captured_step import recorded_evaluation
 from mlip_distill.models import build_model
-from mlip_distill.models.conservative import energy_forces_stress
 from mlip_distill.package import PotentialError, load_potential, save_potential
 
 
@@ -180,14 +180,10 @@ def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tm
     atoms.numbers[::3] = 79
     calculator = StudentCalculator(save_potential(model, name, tmp_path / "potential"), skin=0.5)
     calculator._positions(atoms)  # the graph a recording is made of, built beforehand as it is there
-    graph = calculator._graph
-    species = calculator.model.species(graph.numbers)
+    evaluate = recorded_evaluation(calculator.model, calculator._graph, compute_stress=True)
     traffic = HostTraffic()
     with traffic:
-        output = energy_forces_stress(
-            lambda batch, vectors: calculator.model.atomic_energies_of_species(species, batch.edge_index, vectors),
-            graph, compute_forces=True, compute_stress=True, dtype=calculator.model.dtype,
-        )
+        output = evaluate()
     assert traffic.seen == []
     atoms.calc = calculator
     np.testing.assert_allclose(output["stress"].detach().numpy()[0], atoms.get_stress(), rtol=1e-5, atol=1e-8)
