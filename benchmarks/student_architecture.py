@@ -9,7 +9,7 @@ thirds of a 2-thread run's (compare variants with each other, not with ``sevenne
 Speed: energy + forces + stress per call of each variant with random weights at 64 and 216 atoms
 (2 threads, median of 9 after 3 warm-ups, the variants taking turns call by call), after the training.
 
-    python benchmarks/student_architecture.py [--minutes 7] [--variants NAME ...]
+    python benchmarks/student_architecture.py [--minutes 7] [--variants NAME ...]   # rows not named are kept
     python benchmarks/student_architecture.py --speed-only   # time the rows of results/student_architecture.json again
 """
 
@@ -30,15 +30,25 @@ from student_profile import random_student
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.evaluate import evaluate_file
 
-# name: overrides on top of experiment=si_sevennet (l_max 0, P_2 angles, 4.5 Å)
+# si_sevennet's loss and optimiser before forces were weighted up (the first seven rows were made with them)
+EARLIER = ["loss.energy.weight=5.0", "loss.stress.weight=5.0", "optimizer.amsgrad=true"]
+# name: overrides on top of experiment=si_sevennet (l_max 0, P_2 angles, 4.5 Å; loss weights E/F/S 1/100/1,
+# Adam without amsgrad, batch 2)
 VARIANTS = {
-    "l_max 1, 5 Å (before)": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
-    "l_max 1, 5 Å, batch 8": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0", "data.batch_size=8"],
-    "l_max 1, 5 Å, batch 2": ["model.l_max=1", "model.angular_order=0", "model.cutoff=5.0", "data.batch_size=2"],
-    "l_max 1, P_2 angles, 4.5 Å": ["model.l_max=1"],
-    "l_max 0, P_2 angles, 4.5 Å (si_sevennet)": [],
-    "l_max 0, P_2 angles, 4.5 Å, batch 2": ["data.batch_size=2"],
-    "l_max 0, P_2 angles, 4.5 Å, 1 layer": ["model.num_layers=1"],
+    "l_max 1, 5 Å (before)": [*EARLIER, "data.batch_size=4", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, 5 Å, batch 8": [*EARLIER, "data.batch_size=8", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, 5 Å, batch 2": [*EARLIER, "data.batch_size=2", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, P_2 angles, 4.5 Å": [*EARLIER, "data.batch_size=4", "model.l_max=1"],
+    "l_max 0, P_2 angles, 4.5 Å": [*EARLIER, "data.batch_size=4"],
+    "l_max 0, P_2 angles, 4.5 Å, batch 2": [*EARLIER, "data.batch_size=2"],
+    "l_max 0, P_2 angles, 4.5 Å, 1 layer": [*EARLIER, "data.batch_size=4", "model.num_layers=1"],
+    # the same student, loss and optimiser
+    "E/F/S weights 1/100/1, batch 2": ["optimizer.amsgrad=true"],
+    "E/F/S weights 0.2/100/0.2, batch 2": ["optimizer.amsgrad=true", "loss.energy.weight=0.2", "loss.stress.weight=0.2"],
+    "E/F/S weights 1/100/1, batch 1": ["optimizer.amsgrad=true", "data.batch_size=1"],
+    "E/F/S weights 1/100/1, batch 1, lr 0.01": ["optimizer.amsgrad=true", "data.batch_size=1", "optimizer.lr=0.01"],
+    "E/F/S weights 1/100/1, batch 2, Adam betas 0.9/0.99": ["optimizer.amsgrad=true", "+optimizer.betas=[0.9,0.99]"],
+    "E/F/S weights 1/100/1, batch 2, no amsgrad (si_sevennet)": [],
 }
 
 
@@ -54,6 +64,16 @@ def train_variant(name: str, minutes: float, root: str) -> dict:
             "S": errors.get("stress_rmse_mev_per_A3")}
 
 
+def kept_rows(trained: list[dict], minutes: float) -> list[dict]:
+    """``trained`` and the rows of the last results of the same minutes that it does not
+    replace, in the order of VARIANTS."""
+    results = RESULTS / "student_architecture.json"
+    previous = json.loads(results.read_text()) if results.exists() else {"minutes": minutes, "rows": []}
+    rows = {row["name"]: row for row in previous["rows"] if previous["minutes"] == minutes and row["name"] in VARIANTS}
+    rows.update((row["name"], row) for row in trained)
+    return [rows[name] for name in VARIANTS if name in rows]
+
+
 def write_results(rows: list[dict], minutes: float) -> None:
     (RESULTS / "student_architecture.json").write_text(json.dumps({"minutes": minutes, "rows": rows}, indent=2) + "\n")
     lines = [
@@ -63,7 +83,8 @@ def write_results(rows: list[dict], minutes: float) -> None:
           f"{r['ms_64']:.1f} / {r['ms_216']:.1f} |" for r in rows),
         "",
         f"Each variant trained {minutes:g} min on one thread, two at a time on the 2 cores (`train.xyz` less 36 cells; "
-        "errors on the 40 cells of `valid.xyz`); cosine learning rate ending with the time, batch 4 unless said. "
+        "errors on the 40 cells of `valid.xyz`); cosine learning rate ending with the time. The first seven rows: "
+        "loss weights E/F/S 5/100/5, Adam with amsgrad, batch 4 unless said; the last six: the l_max 0, P_2, 4.5 Å student. "
         "Speed: random weights, 2 threads, quiet machine, variants taking turns call by call. "
         "P_l angles: `model.angular_order`, the norms of each atom's summed l ≤ L messages "
         "(Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik) for the neighbours' scalars).",
@@ -85,7 +106,8 @@ def main() -> None:
     else:
         context = multiprocessing.get_context("spawn")
         with context.Pool(2, maxtasksperchild=1) as pool:
-            rows = pool.starmap(train_variant, [(name, args.minutes, args.root) for name in args.variants])
+            trained = pool.starmap(train_variant, [(name, args.minutes, args.root) for name in args.variants])
+        rows = kept_rows(trained, args.minutes)
     torch.set_num_threads(2)
     students = {row["name"]: random_student(overrides=row["overrides"]) for row in rows}
     ms = timings({name: StudentCalculator(potential, skin=0.0) for name, potential in students.items()}, warmup=3)
