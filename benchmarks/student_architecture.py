@@ -49,6 +49,13 @@ VARIANTS = {
     "E/F/S weights 1/100/1, batch 1, lr 0.01": ["optimizer.amsgrad=true", "data.batch_size=1", "optimizer.lr=0.01"],
     "E/F/S weights 1/100/1, batch 2, Adam betas 0.9/0.99": ["optimizer.amsgrad=true", "+optimizer.betas=[0.9,0.99]"],
     "E/F/S weights 1/100/1, batch 2, no amsgrad (si_sevennet)": [],
+    # si_sevennet with one setting changed
+    "si_sevennet, radial MLP 32 wide": ["model.radial_hidden=32"],
+    "si_sevennet, 12 Bessel functions": ["model.num_basis=12"],
+    "si_sevennet, trainable Bessel frequencies": ["model.trainable_basis=true"],
+    "si_sevennet, learning rate 0.04": ["optimizer.lr=0.04"],
+    "si_sevennet, weight average decay 0.99": ["ema.decay=0.99"],
+    "si_sevennet, no weight average": ["ema.enabled=false"],
 }
 
 
@@ -84,7 +91,8 @@ def write_results(rows: list[dict], minutes: float) -> None:
         "",
         f"Each variant trained {minutes:g} min on one thread, two at a time on the 2 cores (`train.xyz` less 36 cells; "
         "errors on the 40 cells of `valid.xyz`); cosine learning rate ending with the time. The first seven rows: "
-        "loss weights E/F/S 5/100/5, Adam with amsgrad, batch 4 unless said; the last six: the l_max 0, P_2, 4.5 Å student. "
+        "loss weights E/F/S 5/100/5, Adam with amsgrad, batch 4 unless said; the rest: the l_max 0, P_2, 4.5 Å student, "
+        "weights 1/100/1, batch 2 unless said. All: 8 Bessel functions and a radial MLP 64 wide unless said. "
         "Speed: random weights, 2 threads, quiet machine, variants taking turns call by call. "
         "P_l angles: `model.angular_order`, the norms of each atom's summed l ≤ L messages "
         "(Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik) for the neighbours' scalars).",
