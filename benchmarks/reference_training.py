@@ -74,6 +74,7 @@ SECTIONS = {
     "rmd17": "rMD17: students trained on the DFT labels (`python benchmarks/rmd17.py`)",
     "acac": "Acetylacetone, 300 K (`python benchmarks/acac.py`)",
     "sevennet_si": "SevenNet-0 silicon beside the sevenn and MACE trainers (`python benchmarks/sevennet_si.py --minutes 11`)",
+    "sevennet_si_20min": "The same student trained 20 minutes (`python benchmarks/sevennet_si.py --minutes 20 --name sevennet_si_20min`)",
     "sevennet_si_40min": "The same student with the earlier loss (E/F/S weights 5/100/5, batch 4, amsgrad), 40 minutes on one thread (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1 loss.energy.weight=5.0 loss.stress.weight=5.0 data.batch_size=4 optimizer.amsgrad=true`)",
     "sevennet_si_40min_forces": "Trained 40 minutes on one thread, forces weighted up (E/F/S 1/100/1, batch 2), with amsgrad (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1 --name sevennet_si_40min_forces optimizer.amsgrad=true`)",
     "sevennet_si_radial32": "A radial MLP 32 wide and 12 Bessel functions (`python benchmarks/sevennet_si.py --minutes 11 --name sevennet_si_radial32 model.radial_hidden=32 model.num_basis=12`)",
