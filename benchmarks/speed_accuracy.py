@@ -2,7 +2,7 @@
 
 Students of ``experiment=si_sevennet`` with more and more channels, rotation orders and layers (all
 with the P_2 angle terms) are each trained with the recipe of the published curve (batch 4, E/F/S
-loss weights 5/100/5, Adam with amsgrad: ``RECIPE``, si_sevennet's before it weighted the forces up;
+loss weights 5/100/5, Adam with amsgrad: ``EARLIER_LOSS``, si_sevennet's before it weighted the forces up;
 cosine from 0.02) for the same number of epochs on ``train.xyz`` (324 of the 360 cells labelled by
 SevenNet-0; 36 for validation),
 scored on ``valid.xyz`` (RMSE per component against the teacher: energy meV/atom, forces meV/Å,
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from reference_training import epochs_completed, regenerate_readme
-from sevennet_si import DATA, RESULTS
+from sevennet_si import DATA, EARLIER_LOSS, RESULTS
 from call_timing import timings
 
 from mlip_distill.calculator import StudentCalculator
@@ -52,7 +52,6 @@ STUDENTS = {
     "c64-l1-3": ["model.channels=64", "model.l_max=1", "model.num_layers=3"],
     "c32-l2-3": ["model.l_max=2", "model.num_layers=3"],
 }
-RECIPE = ["loss.energy.weight=5.0", "loss.stress.weight=5.0", "optimizer.amsgrad=true"]
 ARCHIVE = "speed_accuracy.tar.gz"
 
 
@@ -66,7 +65,7 @@ def train_student(name: str, overrides: list[str], labels: Path, valid: Path, wo
         f"data.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
         f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
         f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", "trainer.enable_progress_bar=false",
-        "logger=csv", *RECIPE, *overrides,
+        "logger=csv", *EARLIER_LOSS, *overrides,
     ])
     result = train(config)
     errors = evaluate_file(result.potential_dir, valid, sources=["reference"])["reference"]

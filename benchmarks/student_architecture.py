@@ -23,25 +23,23 @@ import re
 import torch
 
 from reference_training import epochs_completed, regenerate_readme
-from sevennet_si import DATA, RESULTS, train_student
+from sevennet_si import DATA, EARLIER_LOSS, RESULTS, train_student
 from call_timing import timings
 from student_profile import random_student
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.evaluate import evaluate_file
 
-# si_sevennet's loss and optimiser before forces were weighted up (the first seven rows were made with them)
-EARLIER = ["loss.energy.weight=5.0", "loss.stress.weight=5.0", "optimizer.amsgrad=true"]
 # name: overrides on top of experiment=si_sevennet (l_max 0, P_2 angles, 4.5 Å; loss weights E/F/S 1/100/1,
-# Adam without amsgrad, batch 2)
+# Adam without amsgrad, batch 2); the first seven rows were trained with EARLIER_LOSS
 VARIANTS = {
-    "l_max 1, 5 Å (before)": [*EARLIER, "data.batch_size=4", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
-    "l_max 1, 5 Å, batch 8": [*EARLIER, "data.batch_size=8", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
-    "l_max 1, 5 Å, batch 2": [*EARLIER, "data.batch_size=2", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
-    "l_max 1, P_2 angles, 4.5 Å": [*EARLIER, "data.batch_size=4", "model.l_max=1"],
-    "l_max 0, P_2 angles, 4.5 Å": [*EARLIER, "data.batch_size=4"],
-    "l_max 0, P_2 angles, 4.5 Å, batch 2": [*EARLIER, "data.batch_size=2"],
-    "l_max 0, P_2 angles, 4.5 Å, 1 layer": [*EARLIER, "data.batch_size=4", "model.num_layers=1"],
+    "l_max 1, 5 Å (before)": [*EARLIER_LOSS, "data.batch_size=4", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, 5 Å, batch 8": [*EARLIER_LOSS, "data.batch_size=8", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, 5 Å, batch 2": [*EARLIER_LOSS, "data.batch_size=2", "model.l_max=1", "model.angular_order=0", "model.cutoff=5.0"],
+    "l_max 1, P_2 angles, 4.5 Å": [*EARLIER_LOSS, "data.batch_size=4", "model.l_max=1"],
+    "l_max 0, P_2 angles, 4.5 Å": [*EARLIER_LOSS, "data.batch_size=4"],
+    "l_max 0, P_2 angles, 4.5 Å, batch 2": [*EARLIER_LOSS, "data.batch_size=2"],
+    "l_max 0, P_2 angles, 4.5 Å, 1 layer": [*EARLIER_LOSS, "data.batch_size=4", "model.num_layers=1"],
     # the same student, loss and optimiser
     "E/F/S weights 1/100/1, batch 2": ["optimizer.amsgrad=true"],
     "E/F/S weights 0.2/100/0.2, batch 2": ["optimizer.amsgrad=true", "loss.energy.weight=0.2", "loss.stress.weight=0.2"],
