@@ -11,10 +11,14 @@ rest still run):
    and the force, energy and stress errors of the mixed precisions against float32 on one batch
    of the float32 student;
 3. ``md``: velocity-Verlet at 300 K through :class:`~mlip_distill.calculator.StudentCalculator`
-   (neighbour list on the device, reused with a 1 Å skin) from 216 to ~100,000 atoms: steps/s,
-   atom-steps/s, neighbour-list builds, peak GPU memory, and a breakdown of one step (neighbour
-   list build, forward + backward of the network, the whole ASE call);
-4. ``teacher_md``: the same for SevenNet-0 through ``sevenn``'s own ASE calculator, until it runs
+   (neighbour list on the device, reused with the calculator's skin for the device, or ``--skin``)
+   from 216 to ~100,000 atoms: steps/s, atom-steps/s, neighbour-list builds, peak GPU memory, and a
+   breakdown of one step (neighbour list build, forward + backward of the network, the whole ASE
+   call); ``md_cuda_graph`` the same with the step replayed as a CUDA graph (recordings counted);
+4. ``skin_sweep``: the CUDA-graph path at 4,096 and 13,824 atoms with skins of 1.0 to 0.3 Å, and at
+   the default skin with edges sorted by centre atom and with TF32 matrix products (alternatives
+   not taken, timed so that the next change targets what pays);
+5. ``teacher_md``: the same MD for SevenNet-0 through ``sevenn``'s own ASE calculator, until it runs
    out of memory or a step takes longer than ``--teacher-max-step`` seconds.
 
 Any NaN or Inf in a loss, energy or force is counted in ``nonfinite``. Results go to
@@ -44,7 +48,8 @@ from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
-from mlip_distill.calculator import StudentCalculator
+import mlip_distill.calculator
+from mlip_distill.calculator import DEFAULT_SKIN, StudentCalculator
 from mlip_distill.data.graph import neighbour_list_on_device
 from mlip_distill.models import build_model
 from mlip_distill.package import save_potential
@@ -56,6 +61,8 @@ from mlip_distill.training.run import compose_config, train
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 # Diamond cubic cells of 8 atoms repeated n times: 216, 1,000, 4,096, 13,824, 32,768, 64,000, 110,592 atoms.
 REPEATS = (3, 5, 8, 12, 16, 20, 24)
+SWEEP_REPEATS = (8, 12)  # 4,096 and 13,824 atoms
+SWEEP_SKINS = (1.0, 0.7, 0.5, 0.3)
 QUICK_REPEATS = (2,)
 
 
@@ -264,6 +271,8 @@ def md_throughput(report: Report, calculator_for: Callable[[], Any], repeats: tu
             )
             if builds_before is not None:
                 row["neighbour_list_builds"] = atoms.calc.neighbour_list_builds - builds_before
+            if getattr(atoms.calc, "cuda_graph", False):
+                row["cuda_graph_recordings"] = atoms.calc.cuda_graph_recordings
             if getattr(atoms.calc, "cuda_graph_error", None):
                 row["cuda_graph_error"] = atoms.calc.cuda_graph_error[:200]
             if device.startswith("cuda"):
@@ -312,8 +321,54 @@ def cuda_graph_agreement(potential_dir: str, device: str) -> dict[str, Any]:
         worst["forces_mev_per_A"] = max(worst["forces_mev_per_A"], 1e3 * float(np.abs(f1 - f2).max()))
         worst["stress_mev_per_A3"] = max(worst["stress_mev_per_A3"], 1e3 * float(np.abs(s1 - s2).max()))
     return {**{key: round(value, 5) for key, value in worst.items()},
-            "rebuilds": replayed.neighbour_list_builds, "still_captured": replayed.cuda_graph is not False,
-            "capture_error": replayed.cuda_graph_error}
+            "rebuilds": replayed.neighbour_list_builds, "recordings": replayed.cuda_graph_recordings,
+            "still_captured": replayed.cuda_graph is not False, "capture_error": replayed.cuda_graph_error}
+
+
+def _sorted_by_centre(neighbour_list: Callable) -> Callable:
+    def sorted_list(positions, cell, pbc, cutoff):
+        edge_index, shifts = neighbour_list(positions, cell, pbc, cutoff)
+        order = torch.argsort(edge_index[0] * len(positions) + edge_index[1])
+        return edge_index[:, order], shifts[order]
+    return sorted_list
+
+
+def skin_sweep(potential_dir: str, device: str, steps: int) -> list[dict[str, Any]]:
+    """ms per MD step (300 K) through the CUDA-graph path for each skin, and at the default skin
+    with edges sorted by centre atom or TF32 matrix products, at 4,096 and 13,824 atoms."""
+    variants = [(f"skin {skin} Å", skin, False, False) for skin in SWEEP_SKINS]
+    variants += [(f"skin {DEFAULT_SKIN['cuda']} Å, edges sorted by centre", DEFAULT_SKIN["cuda"], True, False),
+                 (f"skin {DEFAULT_SKIN['cuda']} Å, TF32 matrix products", DEFAULT_SKIN["cuda"], False, True)]
+    plain_list = mlip_distill.calculator.neighbour_list_on_device
+    rows = []
+    for repeat in SWEEP_REPEATS:
+        for name, skin, sort_edges, tf32 in variants:
+            atoms = diamond(repeat)
+            MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+            mlip_distill.calculator.neighbour_list_on_device = _sorted_by_centre(plain_list) if sort_edges else plain_list
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                atoms.calc = StudentCalculator(potential_dir, device=device, skin=skin, cuda_graph=True)
+                dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+                dynamics.run(2)
+                builds_before = atoms.calc.neighbour_list_builds
+                synchronise(device)
+                start = time.perf_counter()
+                dynamics.run(steps)
+                synchronise(device)
+                seconds = time.perf_counter() - start
+                rows.append({"atoms": len(atoms), "variant": name, "steps": steps,
+                             "ms_per_step": round(1e3 * seconds / steps, 3),
+                             "neighbour_list_builds": atoms.calc.neighbour_list_builds - builds_before,
+                             "recordings": atoms.calc.cuda_graph_recordings,
+                             "edges_per_atom": round(atoms.calc._graph.edge_index.shape[1] / len(atoms), 1)})
+            except Exception as exc:
+                rows.append({"atoms": len(atoms), "variant": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            finally:
+                mlip_distill.calculator.neighbour_list_on_device = plain_list
+                torch.backends.cuda.matmul.allow_tf32 = False
+            print(rows[-1], flush=True)
+    return rows
 
 
 def _timed(function: Callable[[], Any], device: str, repeats: int = 5) -> float:
@@ -384,15 +439,17 @@ def markdown(results: dict[str, Any]) -> str:
     if isinstance(student, list):
         by_atoms = {row["atoms"]: row for row in teacher} if isinstance(teacher, list) else {}
         graphed = {row["atoms"]: row for row in replayed} if isinstance(replayed, list) else {}
-        lines += ["### MD, velocity Verlet at 300 K, diamond Si", "",
+        lines += [f"### MD, velocity Verlet at 300 K, diamond Si (student's skin {results.get('student_skin_A')} Å)", "",
                   "| atoms | student ms/step | student atom-steps/s | NL builds | peak GiB | with CUDA graph ms/step "
-                  "| SevenNet-0 ms/step | speed-up (best student) |",
+                  "(NL builds, recordings) | SevenNet-0 ms/step | speed-up (best student) |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in student:
             other = by_atoms.get(row["atoms"], {})
             graph_row = graphed.get(row["atoms"], {})
             best = min((r["ms_per_step"] for r in (row, graph_row) if "ms_per_step" in r), default=None)
-            graph_note = " (not recorded: ran eagerly)" if "cuda_graph_error" in graph_row else ""
+            graph_note = " (not recorded: ran eagerly)" if "cuda_graph_error" in graph_row else (
+                f" ({graph_row['neighbour_list_builds']}, {graph_row['cuda_graph_recordings']})"
+                if "cuda_graph_recordings" in graph_row else "")
             speedup = f"{other['ms_per_step'] / best:.1f}×" if "ms_per_step" in other and best else ""
             lines.append(f"| {row['atoms']:,} | {row.get('ms_per_step', row.get('error', ''))} | "
                          f"{row.get('atom_steps_per_s', '')} | {row.get('neighbour_list_builds', '')} | "
@@ -411,8 +468,17 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"\nCUDA graph against eager, 20 steps of 216 atoms at 1,000 K ({agreement['rebuilds']} neighbour-list "
                      f"builds): largest differences {agreement['energy_mev_per_atom']} meV/atom, "
                      f"{agreement['forces_mev_per_A']} meV/Å, {agreement['stress_mev_per_A3']} meV/Å³.")
+        if "recordings" in agreement:
+            lines[-1] = lines[-1].replace(" builds)", f" builds, {agreement['recordings']} recordings)")
         if not agreement.get("still_captured", True):
             lines.append(f"**The CUDA graph could not be recorded; both ran eagerly**: {agreement.get('capture_error')}")
+    sweep = results.get("skin_sweep")
+    if isinstance(sweep, list):
+        lines += ["", "### CUDA-graph path: skin and alternatives (MD at 300 K, diamond Si)", "",
+                  "| atoms | variant | ms/step | NL builds | recordings | pairs per atom in the recording |", "|---|---|---|---|---|---|"]
+        lines += [f"| {row['atoms']:,} | {row['variant']} | {row.get('ms_per_step', row.get('error', ''))} | "
+                  f"{row.get('neighbour_list_builds', '')} | {row.get('recordings', '')} | {row.get('edges_per_atom', '')} |"
+                  for row in sweep]
     errors = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
     if errors:
         lines += ["", "### Errors", ""] + [f"- {name}: {message}" for name, message in errors.items()]
@@ -432,14 +498,18 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=200, help="student MD steps per size (fewer if slow)")
+    parser.add_argument("--teacher-steps", type=int, default=10)
+    parser.add_argument("--sweep-steps", type=int, default=300)
+    parser.add_argument("--skin", type=float, default=None, help="the students' skin, Å (default: the calculator's)")
     parser.add_argument("--teacher-max-step", type=float, default=8.0, help="stop the teacher's sizes above this many s/step")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip")
     args = parser.parse_args()
     if args.quick:
-        args.cells, args.epochs, args.batch_size, args.steps = 12, 2, 4, 4
+        args.cells, args.epochs, args.batch_size, args.steps, args.teacher_steps, args.sweep_steps = 12, 2, 4, 4, 2, 4
     repeats = QUICK_REPEATS if args.quick else REPEATS
     report = Report(args.out, args.device)
+    report.results["student_skin_A"] = args.skin if args.skin is not None else DEFAULT_SKIN.get(torch.device(args.device).type, 1.0)
     work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
     if "labelling" not in args.skip:
         report.part("labelling", lambda: label_cells(report, work, args.cells, args.device))
@@ -451,19 +521,21 @@ def main() -> None:
         potential_dir = report.part("untrained_potential", lambda: untrained_potential(work))
     if potential_dir and "md" not in args.skip:
         report.part("md", lambda: md_throughput(
-            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=1.0, cuda_graph=False),
+            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=args.skin, cuda_graph=False),
             repeats, args.steps, 5.0, args.device, breakdown=True))
     if potential_dir and "md_cuda_graph" not in args.skip and args.device.startswith("cuda"):
         report.part("cuda_graph_agreement", lambda: cuda_graph_agreement(potential_dir, args.device))
         report.part("md_cuda_graph", lambda: md_throughput(
-            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=1.0, cuda_graph=True),
+            report, lambda: StudentCalculator(potential_dir, device=args.device, skin=args.skin, cuda_graph=True),
             repeats, args.steps, 5.0, args.device, breakdown=False))
+    if potential_dir and "skin_sweep" not in args.skip and args.device.startswith("cuda"):
+        report.part("skin_sweep", lambda: skin_sweep(potential_dir, args.device, args.sweep_steps))
     if "teacher_md" not in args.skip:
         from sevenn.calculator import SevenNetCalculator
 
         report.part("teacher_md", lambda: md_throughput(
             report, lambda: SevenNetCalculator("7net-0", device=args.device),
-            repeats, max(2, args.steps // 5), args.teacher_max_step, args.device, breakdown=False))
+            repeats, args.teacher_steps, args.teacher_max_step, args.device, breakdown=False))
     print(markdown(report.results), flush=True)
 
 

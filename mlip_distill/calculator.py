@@ -21,6 +21,10 @@ from .package import Potential, PotentialError, load_potential, read_metadata
 # Above this many atoms the eager path, which evaluates only the pairs within the cutoff, was
 # faster than replaying a CUDA graph of every pair within cutoff + skin (H200, 1 Å skin).
 CUDA_GRAPH_MAX_ATOMS = 20_000
+# Neighbour-list skin, Å, by device. On the CPU only the pairs within the cutoff are evaluated, and
+# a build costs more than dropping the rest. A CUDA-graph replay evaluates every pair within
+# cutoff + skin, and a rebuild of the same cell costs only the neighbour list: a thinner skin pays.
+DEFAULT_SKIN = {"cpu": 1.0, "cuda": 0.5}
 
 
 class StudentCalculator(Calculator):
@@ -34,7 +38,7 @@ class StudentCalculator(Calculator):
         potential: a package folder (see :mod:`mlip_distill.package`) or a loaded :class:`Potential`.
         device: ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"`` (default: the package's) or ``"float64"``.
-        skin: extra neighbour-list radius in Å.
+        skin: extra neighbour-list radius in Å (default: :data:`DEFAULT_SKIN` of the device).
         compiled: run the compiled student (``True``; an error if the package has none or it
             cannot run in ``dtype``), the eager one (``False``), or the compiled one where the
             package has it for this dtype and the CPU (``"auto"``). Both give the same numbers
@@ -58,7 +62,7 @@ class StudentCalculator(Calculator):
         potential: str | Path | Potential,
         device: str = "cpu",
         dtype: str | None = None,
-        skin: float = 1.0,
+        skin: float | None = None,
         compiled: bool | str = "auto",
         cuda_graph: bool | str = "auto",
         compile_network: bool = False,
@@ -89,7 +93,7 @@ class StudentCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = next(potential.model.parameters()).dtype
         self.cutoff = potential.cutoff
-        self.skin = float(skin)
+        self.skin = float(DEFAULT_SKIN.get(self.device.type, 1.0) if skin is None else skin)
         self.neighbour_list_builds = 0
         self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
         self.cuda_graph = cuda_graph if on_cuda and not self.compiled else False
@@ -100,6 +104,7 @@ class StudentCalculator(Calculator):
             self.model = CompiledStudent(compiled, self.dtype)
         self._captured: dict[bool, CapturedStep] = {}  # by "with stress", for the current neighbour list
         self.cuda_graph_error: str | None = None  # why recording failed, if it did (the calculator then runs eagerly)
+        self.cuda_graph_recordings = 0
         self._graph = None
         self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -117,6 +122,8 @@ class StudentCalculator(Calculator):
     def _rebuild(self, atoms: Atoms, positions: torch.Tensor) -> None:
         """Neighbour list within ``cutoff + skin`` on the calculator's device, kept as a graph."""
         same_atoms = self._reference is not None and np.array_equal(self._reference[3], atoms.numbers)
+        same_cell = same_atoms and np.array_equal(self._reference[1], atoms.cell.array) and np.array_equal(
+            self._reference[2], atoms.pbc)
         if not same_atoms:
             self.potential.check_elements(atoms.numbers, where=atoms.get_chemical_formula())
         cell = torch.as_tensor(atoms.cell.array, device=self.device)
@@ -137,7 +144,9 @@ class StudentCalculator(Calculator):
         graph.cell = cell.to(self.dtype).reshape(1, 3, 3)
         graph.pbc = torch.as_tensor(atoms.pbc, device=self.device).reshape(1, 3)
         self._graph = graph
-        self._captured = {}
+        # a recording of the same cell replays the new pairs if they fit in it (no new recording)
+        self._captured = {with_stress: step for with_stress, step in self._captured.items()
+                          if same_cell and step.take_edges(edge_index, graph.cell_shifts)}
         self._reference = (positions, atoms.cell.array.copy(), atoms.pbc.copy(), atoms.numbers.copy())
         self.neighbour_list_builds += 1
 
@@ -179,6 +188,7 @@ class StudentCalculator(Calculator):
         if want_stress not in self._captured:
             try:
                 self._captured[want_stress] = CapturedStep(self.model, self._graph, want_stress)
+                self.cuda_graph_recordings += 1
             except RuntimeError as exc:  # an operation the capture refuses: run eagerly from now on
                 warnings.warn(f"cuda_graph turned off: recording the student failed ({exc})", stacklevel=2)
                 self.cuda_graph, self.cuda_graph_error = False, str(exc)

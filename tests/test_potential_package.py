@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
 from mlip_distill.calculator import StudentCalculator
-from mlip_distill.captured_step import recorded_evaluation
+from mlip_distill.captured_step import EdgeSlots, far_image_shift, recorded_evaluation
 from mlip_distill.models import build_model
 from mlip_distill.package import PotentialError, load_potential, save_potential
 
@@ -187,6 +188,44 @@ def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tm
     assert traffic.seen == []
     atoms.calc = calculator
     np.testing.assert_allclose(output["stress"].detach().numpy()[0], atoms.get_stress(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("nequip", {"l_max": 1, "zbl": True}),
+    ("nequip", {"l_max": 0, "angular_order": 2}),
+    ("painn", {}),
+])
+def test_free_edge_slots_of_a_recording_add_exactly_nothing(name, options, tmp_path):
+    # A CUDA-graph recording keeps free edge slots, filled with an atom and its own far image, so
+    # that a rebuilt neighbour list of another length replays without a new recording.
+    torch.manual_seed(0)
+    model = build_model(name, elements=[29], cutoff=4.0, e0={29: -0.5}, channels=8, num_layers=2, **options)
+    atoms = rattled_copper((2, 2, 1))
+    calculator = StudentCalculator(save_potential(model.double(), name, tmp_path / "potential"), skin=0.5)
+    calculator._positions(atoms)
+    graph = calculator._graph
+    slots = EdgeSlots(graph, cutoff=4.0)
+    n_edges = graph.edge_index.shape[1]
+    assert slots.edge_index.shape[1] > n_edges
+    fewer = graph.edge_index[:, : n_edges - 40], graph.cell_shifts[: n_edges - 40]  # a shorter list
+    assert slots.take(*fewer)
+    padded, exact = copy.copy(graph), copy.copy(graph)
+    padded.edge_index, padded.cell_shifts = slots.edge_index, slots.cell_shifts
+    exact.edge_index, exact.cell_shifts = fewer
+    outputs = [recorded_evaluation(calculator.model, batch, compute_stress=True)() for batch in (padded, exact)]
+    assert outputs[1]["forces"].abs().max() > 1e-2
+    for key in ("energy", "atomic_energies", "forces", "stress"):
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=0, atol=1e-12)
+    too_many = torch.cat([graph.edge_index, graph.edge_index], dim=1), torch.cat([graph.cell_shifts] * 2)
+    assert not slots.take(*too_many)
+    torch.testing.assert_close(slots.edge_index[:, : n_edges - 40], fewer[0])  # a refusal changes nothing
+
+
+def test_far_image_lies_beyond_the_cutoff_and_a_molecule_has_none():
+    primitive = torch.as_tensor(bulk("Si", "diamond", a=5.43).cell.array)  # vectors of 3.84 Å
+    shift = far_image_shift(primitive, cutoff=4.5)
+    assert float((shift @ primitive).norm()) > 4.5
+    assert far_image_shift(torch.zeros(3, 3), cutoff=4.5) is None
 
 
 def test_compiled_network_gives_the_eager_numbers_for_any_size(package):
