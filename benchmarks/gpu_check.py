@@ -15,11 +15,13 @@ rest still run):
    from 216 to ~100,000 atoms: steps/s, atom-steps/s, neighbour-list builds, peak GPU memory, and a
    breakdown of one step (neighbour list build, forward + backward of the network, the whole ASE
    call); ``md_cuda_graph`` the same with the step replayed as a CUDA graph (recordings counted);
-4. ``skin_sweep``: the CUDA-graph path at 4,096 and 13,824 atoms with skins of 1.0 to 0.3 Å, and at
-   the default skin with edges sorted by centre atom and with TF32 matrix products (alternatives
-   not taken, timed so that the next change targets what pays);
-5. ``teacher_md``: the same MD for SevenNet-0 through ``sevenn``'s own ASE calculator, until it runs
-   out of memory or a step takes longer than ``--teacher-max-step`` seconds.
+   ``md_cuda_graph_compiled`` the same up to 13,824 atoms with the network compiled by
+   ``torch.compile`` inside the CUDA graph (``compile_network=True``; first calls in ``compile_warmup``);
+4. ``teacher_md``: the same MD for SevenNet-0 through ``sevenn``'s own ASE calculator, until it runs
+   out of memory or a step takes longer than ``--teacher-max-step`` seconds;
+5. ``skin_sweep``: the CUDA-graph path at 4,096 and 13,824 atoms with skins of 1.0 to 0.3 Å, and at
+   the default skin with TF32 matrix products (an alternative not taken, timed so that the next
+   change targets what pays).
 
 Any NaN or Inf in a loss, energy or force is counted in ``nonfinite``. Results go to
 ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` after every part.
@@ -48,7 +50,6 @@ from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
-import mlip_distill.calculator
 from mlip_distill.calculator import DEFAULT_SKIN, StudentCalculator
 from mlip_distill.data.graph import neighbour_list_on_device
 from mlip_distill.models import build_model
@@ -62,6 +63,7 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 # Diamond cubic cells of 8 atoms repeated n times: 216, 1,000, 4,096, 13,824, 32,768, 64,000, 110,592 atoms.
 REPEATS = (3, 5, 8, 12, 16, 20, 24)
 SWEEP_REPEATS = (8, 12)  # 4,096 and 13,824 atoms
+COMPILED_REPEATS = (3, 5, 8, 12)  # up to CUDA_GRAPH_MAX_ATOMS: larger cells run eagerly
 SWEEP_SKINS = (1.0, 0.7, 0.5, 0.3)
 QUICK_REPEATS = (2,)
 
@@ -298,15 +300,16 @@ def md_throughput(report: Report, calculator_for: Callable[[], Any], repeats: tu
     return rows
 
 
-def cuda_graph_agreement(potential_dir: str, device: str) -> dict[str, Any]:
+def cuda_graph_agreement(potential_dir: str, device: str, compile_network: bool = False) -> dict[str, Any]:
     """Largest difference of energy (meV/atom), forces (meV/Å) and stress (meV/Å³) between the
-    replayed CUDA graph and the eager student, over 20 MD steps of 216 atoms at 1,000 K (so that
-    the neighbour list is rebuilt and the graph recorded again)."""
+    replayed CUDA graph (of the network compiled by torch.compile, if asked) and the eager student,
+    over 20 MD steps of 216 atoms at 1,000 K (so that the neighbour list is rebuilt)."""
     atoms = diamond(3)
     MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=np.random.default_rng(1))
     eager = StudentCalculator(potential_dir, device=device, skin=0.3, cuda_graph=False)
-    replayed = StudentCalculator(potential_dir, device=device, skin=0.3, cuda_graph=True)
+    replayed = StudentCalculator(potential_dir, device=device, skin=0.3, cuda_graph=True, compile_network=compile_network)
     worst = {"energy_mev_per_atom": 0.0, "forces_mev_per_A": 0.0, "stress_mev_per_A3": 0.0}
+    trace = []
     atoms.calc = eager
     dynamics = VelocityVerlet(atoms, timestep=2.0 * units.fs)
     for _ in range(20):
@@ -317,35 +320,37 @@ def cuda_graph_agreement(potential_dir: str, device: str) -> dict[str, Any]:
             copy.calc = calculator
             results.append((copy.get_potential_energy(), copy.get_forces(), copy.get_stress()))
         (e1, f1, s1), (e2, f2, s2) = results
-        worst["energy_mev_per_atom"] = max(worst["energy_mev_per_atom"], 1e3 * abs(e1 - e2) / len(atoms))
-        worst["forces_mev_per_A"] = max(worst["forces_mev_per_A"], 1e3 * float(np.abs(f1 - f2).max()))
-        worst["stress_mev_per_A3"] = max(worst["stress_mev_per_A3"], 1e3 * float(np.abs(s1 - s2).max()))
-    return {**{key: round(value, 5) for key, value in worst.items()},
+        step = {"energy_mev_per_atom": 1e3 * abs(e1 - e2) / len(atoms), "forces_mev_per_A": 1e3 * float(np.abs(f1 - f2).max()),
+                "stress_mev_per_A3": 1e3 * float(np.abs(s1 - s2).max())}
+        worst = {key: max(value, step[key]) for key, value in worst.items()}
+        trace.append([replayed.neighbour_list_builds, replayed.cuda_graph_recordings] + [round(v, 5) for v in step.values()])
+    return {**{key: round(value, 5) for key, value in worst.items()}, "per_step_builds_recordings_e_f_s": trace,
             "rebuilds": replayed.neighbour_list_builds, "recordings": replayed.cuda_graph_recordings,
             "still_captured": replayed.cuda_graph is not False, "capture_error": replayed.cuda_graph_error}
 
 
-def _sorted_by_centre(neighbour_list: Callable) -> Callable:
-    def sorted_list(positions, cell, pbc, cutoff):
-        edge_index, shifts = neighbour_list(positions, cell, pbc, cutoff)
-        order = torch.argsort(edge_index[0] * len(positions) + edge_index[1])
-        return edge_index[:, order], shifts[order]
-    return sorted_list
+def compile_warmup(calculator: StudentCalculator) -> dict[str, float]:
+    """Seconds of the first call at each size of ``COMPILED_REPEATS`` (torch.compile's kernels and
+    a recording), so that the MD timing after it holds neither."""
+    seconds = {}
+    for repeat in COMPILED_REPEATS:
+        atoms = diamond(repeat)
+        start = time.perf_counter()
+        calculator.get_forces(atoms)
+        seconds[str(len(atoms))] = round(time.perf_counter() - start, 1)
+    return seconds
 
 
 def skin_sweep(potential_dir: str, device: str, steps: int) -> list[dict[str, Any]]:
     """ms per MD step (300 K) through the CUDA-graph path for each skin, and at the default skin
-    with edges sorted by centre atom or TF32 matrix products, at 4,096 and 13,824 atoms."""
-    variants = [(f"skin {skin} Å", skin, False, False) for skin in SWEEP_SKINS]
-    variants += [(f"skin {DEFAULT_SKIN['cuda']} Å, edges sorted by centre", DEFAULT_SKIN["cuda"], True, False),
-                 (f"skin {DEFAULT_SKIN['cuda']} Å, TF32 matrix products", DEFAULT_SKIN["cuda"], False, True)]
-    plain_list = mlip_distill.calculator.neighbour_list_on_device
+    with TF32 matrix products, at 4,096 and 13,824 atoms."""
+    variants = [(f"skin {skin} Å", skin, False) for skin in SWEEP_SKINS]
+    variants += [(f"skin {DEFAULT_SKIN['cuda']} Å, TF32 matrix products", DEFAULT_SKIN["cuda"], True)]
     rows = []
     for repeat in SWEEP_REPEATS:
-        for name, skin, sort_edges, tf32 in variants:
+        for name, skin, tf32 in variants:
             atoms = diamond(repeat)
             MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-            mlip_distill.calculator.neighbour_list_on_device = _sorted_by_centre(plain_list) if sort_edges else plain_list
             torch.backends.cuda.matmul.allow_tf32 = tf32
             try:
                 atoms.calc = StudentCalculator(potential_dir, device=device, skin=skin, cuda_graph=True)
@@ -365,7 +370,6 @@ def skin_sweep(potential_dir: str, device: str, steps: int) -> list[dict[str, An
             except Exception as exc:
                 rows.append({"atoms": len(atoms), "variant": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
             finally:
-                mlip_distill.calculator.neighbour_list_on_device = plain_list
                 torch.backends.cuda.matmul.allow_tf32 = False
             print(rows[-1], flush=True)
     return rows
@@ -439,14 +443,17 @@ def markdown(results: dict[str, Any]) -> str:
     if isinstance(student, list):
         by_atoms = {row["atoms"]: row for row in teacher} if isinstance(teacher, list) else {}
         graphed = {row["atoms"]: row for row in replayed} if isinstance(replayed, list) else {}
+        compiled = results.get("md_cuda_graph_compiled")
+        compiled = {row["atoms"]: row for row in compiled} if isinstance(compiled, list) else {}
         lines += [f"### MD, velocity Verlet at 300 K, diamond Si (student's skin {results.get('student_skin_A')} Å)", "",
                   "| atoms | student ms/step | student atom-steps/s | NL builds | peak GiB | with CUDA graph ms/step "
-                  "(NL builds, recordings) | SevenNet-0 ms/step | speed-up (best student) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "(NL builds, recordings) | compiled + CUDA graph ms/step | SevenNet-0 ms/step | speed-up (best student) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in student:
             other = by_atoms.get(row["atoms"], {})
             graph_row = graphed.get(row["atoms"], {})
-            best = min((r["ms_per_step"] for r in (row, graph_row) if "ms_per_step" in r), default=None)
+            compiled_row = compiled.get(row["atoms"], {})
+            best = min((r["ms_per_step"] for r in (row, graph_row, compiled_row) if "ms_per_step" in r), default=None)
             graph_note = " (not recorded: ran eagerly)" if "cuda_graph_error" in graph_row else (
                 f" ({graph_row['neighbour_list_builds']}, {graph_row['cuda_graph_recordings']})"
                 if "cuda_graph_recordings" in graph_row else "")
@@ -454,7 +461,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {row['atoms']:,} | {row.get('ms_per_step', row.get('error', ''))} | "
                          f"{row.get('atom_steps_per_s', '')} | {row.get('neighbour_list_builds', '')} | "
                          f"{row.get('peak_memory_gib', '')} | {graph_row.get('ms_per_step', graph_row.get('error', ''))}{graph_note} | "
-                         f"{other.get('ms_per_step', (other.get('error') or '')[:40])} | {speedup} |")
+                         f"{compiled_row.get('ms_per_step', compiled_row.get('error', ''))} | {other.get('ms_per_step', (other.get('error') or '')[:40])} | {speedup} |")
         lines += ["", "Student step breakdown (ms): neighbour list build (done only on a rebuild), graph update "
                   "(positions to the device, edges within the cutoff), network forward + backward, the whole ASE call.", "",
                   "| atoms | NL build | graph update | forward + backward | whole call |", "|---|---|---|---|---|"]
@@ -463,9 +470,11 @@ def markdown(results: dict[str, Any]) -> str:
             if parts:
                 lines.append(f"| {row['atoms']:,} | {parts['neighbour_list_build']} | {parts['graph_update']} | "
                              f"{parts['network_forward_backward']} | {parts['whole_call']} |")
-    agreement = results.get("cuda_graph_agreement")
-    if isinstance(agreement, dict) and "forces_mev_per_A" in agreement:
-        lines.append(f"\nCUDA graph against eager, 20 steps of 216 atoms at 1,000 K ({agreement['rebuilds']} neighbour-list "
+    for key, name in (("cuda_graph_agreement", "CUDA graph"), ("cuda_graph_compiled_agreement", "Compiled network in the CUDA graph")):
+        agreement = results.get(key)
+        if not (isinstance(agreement, dict) and "forces_mev_per_A" in agreement):
+            continue
+        lines.append(f"\n{name} against eager, 20 steps of 216 atoms at 1,000 K ({agreement['rebuilds']} neighbour-list "
                      f"builds): largest differences {agreement['energy_mev_per_atom']} meV/atom, "
                      f"{agreement['forces_mev_per_A']} meV/Å, {agreement['stress_mev_per_A3']} meV/Å³.")
         if "recordings" in agreement:
@@ -500,7 +509,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200, help="student MD steps per size (fewer if slow)")
     parser.add_argument("--teacher-steps", type=int, default=10)
-    parser.add_argument("--sweep-steps", type=int, default=300)
+    parser.add_argument("--sweep-steps", type=int, default=200)
     parser.add_argument("--skin", type=float, default=None, help="the students' skin, Å (default: the calculator's)")
     parser.add_argument("--teacher-max-step", type=float, default=8.0, help="stop the teacher's sizes above this many s/step")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip")
@@ -528,14 +537,20 @@ def main() -> None:
         report.part("md_cuda_graph", lambda: md_throughput(
             report, lambda: StudentCalculator(potential_dir, device=args.device, skin=args.skin, cuda_graph=True),
             repeats, args.steps, 5.0, args.device, breakdown=False))
-    if potential_dir and "skin_sweep" not in args.skip and args.device.startswith("cuda"):
-        report.part("skin_sweep", lambda: skin_sweep(potential_dir, args.device, args.sweep_steps))
     if "teacher_md" not in args.skip:
         from sevenn.calculator import SevenNetCalculator
 
         report.part("teacher_md", lambda: md_throughput(
             report, lambda: SevenNetCalculator("7net-0", device=args.device),
             repeats, args.teacher_steps, args.teacher_max_step, args.device, breakdown=False))
+    if potential_dir and "md_cuda_graph_compiled" not in args.skip and args.device.startswith("cuda"):
+        report.part("cuda_graph_compiled_agreement", lambda: cuda_graph_agreement(potential_dir, args.device, True))
+        compiled = StudentCalculator(potential_dir, device=args.device, skin=args.skin, compile_network=True)
+        report.part("compile_warmup", lambda: compile_warmup(compiled))
+        report.part("md_cuda_graph_compiled", lambda: md_throughput(
+            report, lambda: compiled, COMPILED_REPEATS, args.steps, 5.0, args.device, breakdown=False))
+    if potential_dir and "skin_sweep" not in args.skip and args.device.startswith("cuda"):
+        report.part("skin_sweep", lambda: skin_sweep(potential_dir, args.device, args.sweep_steps))
     print(markdown(report.results), flush=True)
 
 

@@ -49,10 +49,12 @@ class StudentCalculator(Calculator):
             pair within ``cutoff + skin`` is then evaluated (beyond the cutoff they add zero).
             ``"auto"`` (default) records structures of up to :data:`CUDA_GRAPH_MAX_ATOMS` atoms,
             where launches cost more than the extra pairs (``benchmarks/results/gpu_check``).
-        compile_network: on the CPU, compile the network (the compiled or the eager one) with
-            ``torch.compile``: C++ kernels made on this machine at the first call (tens of seconds,
-            cached on disk for later processes), then faster calls: 1.2-1.4x for NequIP, 2x for PaiNN on one thread
-            (``benchmarks/results/compiled_vs_eager.md``). Worth it for MD, not for a few calls.
+        compile_network: compile the network (the compiled or the eager one) with
+            ``torch.compile``: kernels made on this machine at the first call (tens of seconds,
+            cached on disk for later processes), then faster calls: on the CPU 1.2-1.4x for NequIP,
+            2x for PaiNN on one thread (``benchmarks/results/compiled_vs_eager.md``); on a GPU
+            fused Triton kernels inside the CUDA graph (``benchmarks/results/gpu_check_h200.md``).
+            Worth it for MD, not for a few calls.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -71,8 +73,9 @@ class StudentCalculator(Calculator):
         super().__init__(**kwargs)
         if compiled not in (True, False, "auto"):
             raise ValueError(f"compiled must be True, False or 'auto', not {compiled!r}")
-        if compile_network and torch.device(device).type != "cpu":
-            raise ValueError("compile_network runs on the CPU; on a GPU the CUDA graph (cuda_graph) does its job")
+        if compile_network and torch.device(device).type == "cuda" and (cuda_graph is False or compiled is True):
+            raise ValueError("compile_network on a GPU compiles the eager student inside the CUDA graph: "
+                             "cuda_graph must not be False, compiled must not be True")
         torch_dtype = getattr(torch, dtype) if dtype else None
         if not isinstance(potential, Potential):
             load_compiled = compiled is True or (compiled == "auto" and _has_compiled(potential, torch_dtype, device))
@@ -97,7 +100,10 @@ class StudentCalculator(Calculator):
         self.neighbour_list_builds = 0
         self.neighbour_list_on = self.device.type  # "cpu" if vesin cannot run on the device
         self.cuda_graph = cuda_graph if on_cuda and not self.compiled else False
-        if compile_network:
+        # on a GPU the compiled network runs inside the CUDA-graph recordings (larger cells: eager)
+        self._compiled_on_gpu = torch.compile(self.model.atomic_energies_of_species, dynamic=True) if (
+            compile_network and on_cuda) else None
+        if compile_network and not on_cuda:
             network = self.model.network if self.compiled else AtomicEnergyNetwork(self.model)
             # the C++ wrapper calls the kernels without Python in between: most of a small cell's gain
             compiled = torch.compile(network, dynamic=True, options={"cpp_wrapper": True})
@@ -187,7 +193,7 @@ class StudentCalculator(Calculator):
         positions = self._positions(atoms)
         if want_stress not in self._captured:
             try:
-                self._captured[want_stress] = CapturedStep(self.model, self._graph, want_stress)
+                self._captured[want_stress] = CapturedStep(self.model, self._graph, want_stress, self._compiled_on_gpu)
                 self.cuda_graph_recordings += 1
             except RuntimeError as exc:  # an operation the capture refuses: run eagerly from now on
                 warnings.warn(f"cuda_graph turned off: recording the student failed ({exc})", stacklevel=2)

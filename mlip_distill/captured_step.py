@@ -50,15 +50,18 @@ def far_image_shift(cell: Tensor, cutoff: float) -> Tensor | None:
     return shift
 
 
-def recorded_evaluation(model: StudentPotential, batch: Batch, compute_stress: bool) -> Callable[[], dict[str, Tensor]]:
+def recorded_evaluation(model: StudentPotential, batch: Batch, compute_stress: bool,
+                        network: Callable | None = None) -> Callable[[], dict[str, Tensor]]:
     """The evaluation a :class:`CapturedStep` records: energy, forces and (if asked) stress of
     ``batch`` (one structure) at the positions ``batch.pos`` holds when it is called. The species
-    are checked here, before any recording: the recorded graph cannot raise."""
+    are checked here, before any recording: the recorded graph cannot raise. ``network`` stands
+    in for ``model.atomic_energies_of_species`` (compiled by ``torch.compile``, say)."""
     species = model.species(batch.numbers)
+    atomic_energies_of_species = network or model.atomic_energies_of_species
 
     def evaluate() -> dict[str, Tensor]:
         return energy_forces_stress(
-            lambda batch, vectors: model.atomic_energies_of_species(species, batch.edge_index, vectors),
+            lambda batch, vectors: atomic_energies_of_species(species, batch.edge_index, vectors),
             batch,
             compute_forces=True,
             compute_stress=compute_stress,
@@ -108,18 +111,23 @@ class CapturedStep:
         model: the eager student, on a CUDA device.
         graph: the structure's graph (one structure; every edge within ``cutoff + skin``).
         compute_stress: record the stress too.
+        network: what computes the atomic energies, if not the model's own (see
+            :func:`recorded_evaluation`).
 
     Calling it with positions (N, 3) Å in the model's dtype on the device returns the dict of
     :func:`~mlip_distill.models.conservative.energy_forces_stress`; its tensors are overwritten
     by the next call. :meth:`take_edges` swaps in a new neighbour list of the same cell.
     """
 
-    def __init__(self, model: StudentPotential, graph: Batch, compute_stress: bool) -> None:
+    def __init__(self, model: StudentPotential, graph: Batch, compute_stress: bool,
+                 network: Callable | None = None) -> None:
         self.positions = graph.pos.detach().clone()
         self.edges = EdgeSlots(graph, model.cutoff)
         batch = copy.copy(graph)
         batch.pos, batch.edge_index, batch.cell_shifts = self.positions, self.edges.edge_index, self.edges.cell_shifts
-        evaluate = recorded_evaluation(model, batch, compute_stress)
+        # Kept for as long as the recording: it reads the tensors this closure holds (the cell, the
+        # species), and memory freed under a recording is handed out again while it still replays.
+        self.evaluate = evaluate = recorded_evaluation(model, batch, compute_stress, network)
 
         side = torch.cuda.Stream(device=self.positions.device)
         side.wait_stream(torch.cuda.current_stream(self.positions.device))

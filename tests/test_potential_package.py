@@ -242,6 +242,6 @@ def test_compiled_network_gives_the_eager_numbers_for_any_size(package):
         np.testing.assert_allclose(results[1][2], results[0][2], atol=1e-12)
 
 
-def test_compiling_the_network_is_for_the_cpu(package):
-    with pytest.raises(ValueError, match="compile_network runs on the CPU"):
-        StudentCalculator(package, device="cuda", compile_network=True)
+def test_a_compiled_network_on_a_gpu_needs_the_cuda_graph(package):
+    with pytest.raises(ValueError, match="compiles the eager student inside the CUDA graph"):
+        StudentCalculator(package, device="cuda", compile_network=True, cuda_graph=False)
