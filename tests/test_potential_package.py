@@ -221,6 +221,46 @@ def test_free_edge_slots_of_a_recording_add_exactly_nothing(name, options, tmp_p
     torch.testing.assert_close(slots.edge_index[:, : n_edges - 40], fewer[0])  # a refusal changes nothing
 
 
+class UngraphedStep:
+    """CapturedStep's bookkeeping without CUDA: the same edge slots, evaluated at each call."""
+
+    def __init__(self, model, graph, compute_stress, network=None):
+        self.positions = graph.pos.detach().clone()
+        self.edges = EdgeSlots(graph, model.cutoff)
+        batch = copy.copy(graph)
+        batch.pos, batch.edge_index, batch.cell_shifts = self.positions, self.edges.edge_index, self.edges.cell_shifts
+        self.evaluate = recorded_evaluation(model, batch, compute_stress, network)
+
+    def take_edges(self, edge_index, cell_shifts):
+        return self.edges.take(edge_index, cell_shifts)
+
+    def __call__(self, positions):
+        self.positions.copy_(positions)
+        return self.evaluate()
+
+
+def test_rebuilt_neighbour_lists_of_one_cell_replay_in_one_recording(package, monkeypatch):
+    # The CUDA-graph path on the CPU, the recording stood in for: moves beyond half the skin rebuild
+    # the neighbour list into the recording's edge slots; a strained cell needs a new recording.
+    monkeypatch.setattr("mlip_distill.calculator.CapturedStep", UngraphedStep)
+    replayed = StudentCalculator(package, dtype="float64", skin=0.1)
+    replayed.cuda_graph = True
+    atoms = rattled_copper((2, 2, 1))
+    rng = np.random.default_rng(2)
+    for step in range(6):
+        atoms.positions += rng.normal(0, 0.03, atoms.positions.shape)  # beyond half the skin: a rebuild
+        if step == 4:
+            atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+        atoms.calc = replayed
+        results = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = StudentCalculator(package, dtype="float64", skin=0.0)
+        assert results[0] == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+        np.testing.assert_allclose(results[1], atoms.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(results[2], atoms.get_stress(), atol=1e-12)
+    assert replayed.neighbour_list_builds == 6
+    assert replayed.cuda_graph_recordings == 2
+
+
 def test_far_image_lies_beyond_the_cutoff_and_a_molecule_has_none():
     primitive = torch.as_tensor(bulk("Si", "diamond", a=5.43).cell.array)  # vectors of 3.84 Å
     shift = far_image_shift(primitive, cutoff=4.5)
