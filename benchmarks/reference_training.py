@@ -78,6 +78,7 @@ SECTIONS = {
     "sevennet_si_40min": "The same student with the earlier loss (E/F/S weights 5/100/5, batch 4, amsgrad), 40 minutes on one thread (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1 loss.energy.weight=5.0 loss.stress.weight=5.0 data.batch_size=4 optimizer.amsgrad=true`)",
     "sevennet_si_40min_forces": "Trained 40 minutes on one thread, forces weighted up (E/F/S 1/100/1, batch 2), with amsgrad (`python benchmarks/sevennet_si.py --minutes 40 --train-threads 1 --name sevennet_si_40min_forces optimizer.amsgrad=true`)",
     "sevennet_si_radial32": "A radial MLP 32 wide and 12 Bessel functions (`python benchmarks/sevennet_si.py --minutes 11 --name sevennet_si_radial32 model.radial_hidden=32 model.num_basis=12`)",
+    "sevennet_si_cutoff5": "A 5 Å cutoff (`python benchmarks/sevennet_si.py --minutes 11 --name sevennet_si_cutoff5 model.cutoff=5.0`)",
     "cu_emt": "EMT copper, both students (`python benchmarks/cu_emt.py`)",
     "distillation_terms": "Distillation loss terms at equal wall time (`python benchmarks/distillation_terms.py`)",
     "rmd17_mace_speed": "rMD17 student against a MACE of the paper's size, on the CPU (`python benchmarks/rmd17_mace_speed.py`)",

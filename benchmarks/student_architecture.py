@@ -54,6 +54,10 @@ VARIANTS = {
     "si_sevennet, learning rate 0.04": ["optimizer.lr=0.04"],
     "si_sevennet, weight average decay 0.99": ["ema.decay=0.99"],
     "si_sevennet, no weight average": ["ema.enabled=false"],
+    "si_sevennet, 48 channels": ["model.channels=48"],
+    "si_sevennet, 16 channels": ["model.channels=16"],
+    "si_sevennet, 3 layers": ["model.num_layers=3"],
+    "si_sevennet, 5 Å cutoff": ["model.cutoff=5.0"],
 }
 
 
