@@ -485,7 +485,7 @@ def markdown(results: dict[str, Any]) -> str:
     sweep = results.get("skin_sweep")
     if isinstance(sweep, list):
         lines += ["", "### CUDA-graph path: skin and alternatives (MD at 300 K, diamond Si)", "",
-                  "| atoms | variant | ms/step | NL builds | recordings | pairs per atom in the recording |", "|---|---|---|---|---|---|"]
+                  "| atoms | variant | ms/step | NL builds while timed | recordings (all) | pairs per atom in the recording |", "|---|---|---|---|---|---|"]
         lines += [f"| {row['atoms']:,} | {row['variant']} | {row.get('ms_per_step', row.get('error', ''))} | "
                   f"{row.get('neighbour_list_builds', '')} | {row.get('recordings', '')} | {row.get('edges_per_atom', '')} |"
                   for row in sweep]
