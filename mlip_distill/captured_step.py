@@ -104,19 +104,21 @@ class EdgeSlots:
         return True
 
 
-class CapturedStep:
-    """Replays a student on new positions of one structure with a fixed neighbour list.
+class FixedBuffersStep:
+    """A student's step on fixed buffers of one structure: positions and edge slots that keep their
+    storage, as a recording needs; each call evaluates anew (the CPU's counterpart of
+    :class:`CapturedStep`, whose calls replay).
 
     Args:
-        model: the eager student, on a CUDA device.
+        model: the eager student.
         graph: the structure's graph (one structure; every edge within ``cutoff + skin``).
-        compute_stress: record the stress too.
+        compute_stress: the stress too.
         network: what computes the atomic energies, if not the model's own (see
             :func:`recorded_evaluation`).
 
-    Calling it with positions (N, 3) Å in the model's dtype on the device returns the dict of
-    :func:`~mlip_distill.models.conservative.energy_forces_stress`; its tensors are overwritten
-    by the next call. :meth:`take_edges` swaps in a new neighbour list of the same cell.
+    Calling it with positions (N, 3) Å in the model's dtype on the model's device returns the dict
+    of :func:`~mlip_distill.models.conservative.energy_forces_stress`. :meth:`take_edges` swaps in a
+    new neighbour list of the same cell.
     """
 
     def __init__(self, model: StudentPotential, graph: Batch, compute_stress: bool,
@@ -125,24 +127,38 @@ class CapturedStep:
         self.edges = EdgeSlots(graph, model.cutoff)
         batch = copy.copy(graph)
         batch.pos, batch.edge_index, batch.cell_shifts = self.positions, self.edges.edge_index, self.edges.cell_shifts
-        # Kept for as long as the recording: it reads the tensors this closure holds (the cell, the
-        # species), and memory freed under a recording is handed out again while it still replays.
-        self.evaluate = evaluate = recorded_evaluation(model, batch, compute_stress, network)
-
-        side = torch.cuda.Stream(device=self.positions.device)
-        side.wait_stream(torch.cuda.current_stream(self.positions.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_PASSES):
-                evaluate()
-        torch.cuda.current_stream(self.positions.device).wait_stream(side)
-        self.cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.cuda_graph):
-            self.outputs = evaluate()
+        # Kept for as long as the step: a recording reads the tensors this closure holds (the cell,
+        # the species), and memory freed under a recording is handed out again while it replays.
+        self.evaluate = recorded_evaluation(model, batch, compute_stress, network)
 
     def take_edges(self, edge_index: Tensor, cell_shifts: Tensor) -> bool:
-        """Replay with these edges of the same atoms in the same cell from now on (see
-        :meth:`EdgeSlots.take`); False if they do not fit and a new recording is needed."""
+        """Use these edges of the same atoms in the same cell from now on (see
+        :meth:`EdgeSlots.take`); False if they do not fit and a new step is needed."""
         return self.edges.take(edge_index, cell_shifts)
+
+    def __call__(self, positions: Tensor) -> dict[str, Tensor]:
+        self.positions.copy_(positions)
+        return self.evaluate()
+
+
+class CapturedStep(FixedBuffersStep):
+    """Replays a student on new positions of one structure with a fixed neighbour list: a
+    :class:`FixedBuffersStep` (same arguments; ``model`` on a CUDA device) recorded once as a CUDA
+    graph. The tensors a call returns are overwritten by the next call."""
+
+    def __init__(self, model: StudentPotential, graph: Batch, compute_stress: bool,
+                 network: Callable | None = None) -> None:
+        super().__init__(model, graph, compute_stress, network)
+        device = self.positions.device
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_PASSES):
+                self.evaluate()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.cuda_graph):
+            self.outputs = self.evaluate()
 
     def __call__(self, positions: Tensor) -> dict[str, Tensor]:
         self.positions.copy_(positions)

@@ -13,7 +13,7 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
 from mlip_distill.calculator import StudentCalculator
-from mlip_distill.captured_step import EdgeSlots, far_image_shift, recorded_evaluation
+from mlip_distill.captured_step import EdgeSlots, FixedBuffersStep, far_image_shift, recorded_evaluation
 from mlip_distill.models import build_model
 from mlip_distill.package import PotentialError, load_potential, save_potential
 
@@ -221,28 +221,11 @@ def test_free_edge_slots_of_a_recording_add_exactly_nothing(name, options, tmp_p
     torch.testing.assert_close(slots.edge_index[:, : n_edges - 40], fewer[0])  # a refusal changes nothing
 
 
-class UngraphedStep:
-    """CapturedStep's bookkeeping without CUDA: the same edge slots, evaluated at each call."""
-
-    def __init__(self, model, graph, compute_stress, network=None):
-        self.positions = graph.pos.detach().clone()
-        self.edges = EdgeSlots(graph, model.cutoff)
-        batch = copy.copy(graph)
-        batch.pos, batch.edge_index, batch.cell_shifts = self.positions, self.edges.edge_index, self.edges.cell_shifts
-        self.evaluate = recorded_evaluation(model, batch, compute_stress, network)
-
-    def take_edges(self, edge_index, cell_shifts):
-        return self.edges.take(edge_index, cell_shifts)
-
-    def __call__(self, positions):
-        self.positions.copy_(positions)
-        return self.evaluate()
-
-
 def test_rebuilt_neighbour_lists_of_one_cell_replay_in_one_recording(package, monkeypatch):
-    # The CUDA-graph path on the CPU, the recording stood in for: moves beyond half the skin rebuild
-    # the neighbour list into the recording's edge slots; a strained cell needs a new recording.
-    monkeypatch.setattr("mlip_distill.calculator.CapturedStep", UngraphedStep)
+    # The CUDA-graph path on the CPU (the recording's buffers, evaluated instead of replayed): moves
+    # beyond half the skin rebuild the neighbour list into its edge slots; a strained cell needs a
+    # new recording.
+    monkeypatch.setattr("mlip_distill.calculator.CapturedStep", FixedBuffersStep)
     replayed = StudentCalculator(package, dtype="float64", skin=0.1)
     replayed.cuda_graph = True
     atoms = rattled_copper((2, 2, 1))
