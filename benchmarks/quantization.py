@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from compiled_vs_eager import time_per_call
+from reference_training import write_table
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.data.store import LabelStore
 from mlip_distill.evaluate import evaluate_store
@@ -146,7 +147,7 @@ def main() -> None:
         }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "quantization.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "quantization.md").write_text(table(results))
+    write_table(RESULTS / "quantization.md", table(results))
     print(table(results))
 
 

@@ -98,6 +98,18 @@ SECTIONS = {
 }
 
 
+def write_table(path: Path, table: str) -> None:
+    """Write a results table to ``path``, keeping the hand-written reading of the one it
+    replaces: everything from its first line that starts with ``Reading (``."""
+    reading = ""
+    if path.exists():
+        old = path.read_text()
+        start = old.find("\nReading (")
+        if start >= 0:
+            reading = "\n" + old[start + 1 :].rstrip() + "\n"
+    path.write_text(table.rstrip() + "\n" + reading)
+
+
 def regenerate_readme() -> Path:
     """Write ``benchmarks/README.md``: every ``results/*.md`` table under its title."""
     tables = {path.stem: path.read_text().strip() for path in sorted(RESULTS.glob("*.md"))}

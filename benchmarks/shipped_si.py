@@ -34,6 +34,7 @@ import torch
 from ase import Atoms
 
 from call_timing import timings
+from reference_training import write_table
 
 from mlip_distill.calculator import StudentCalculator
 from mlip_distill.data.store import LabelStore, import_structures
@@ -268,7 +269,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "shipped_si.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     table = markdown(record)
-    (RESULTS / "shipped_si.md").write_text(table)
+    write_table(RESULTS / "shipped_si.md", table)
     print(table)
     if args.ship:
         print(f"shipped: {ship(train_dir, record, test)}")

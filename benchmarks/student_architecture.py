@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from reference_training import epochs_completed, regenerate_readme
+from reference_training import epochs_completed, regenerate_readme, write_table
 from sevennet_si import DATA, EARLIER_LOSS, RESULTS, train_student
 from call_timing import timings
 from student_profile import random_student
@@ -58,6 +58,8 @@ VARIANTS = {
     "si_sevennet, 16 channels": ["model.channels=16"],
     "si_sevennet, 3 layers": ["model.num_layers=3"],
     "si_sevennet, 5 Å cutoff": ["model.cutoff=5.0"],
+    "si_sevennet, P_3 angles": ["model.angular_order=3"],
+    "si_sevennet, P_4 angles": ["model.angular_order=4"],
 }
 
 
@@ -99,7 +101,7 @@ def write_results(rows: list[dict], minutes: float) -> None:
         "P_l angles: `model.angular_order`, the norms of each atom's summed l ≤ L messages "
         "(Σ_jk R(r_ij) R(r_ik) P_l(cos θ_jik) for the neighbours' scalars).",
     ]
-    (RESULTS / "student_architecture.md").write_text("\n".join(lines) + "\n")
+    write_table(RESULTS / "student_architecture.md", "\n".join(lines))
     regenerate_readme()
 
 

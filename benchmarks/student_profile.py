@@ -49,6 +49,7 @@ import vesin
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
+from reference_training import write_table
 
 import mlip_distill.models.conservative as conservative
 from mlip_distill.calculator import StudentCalculator
@@ -382,7 +383,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown(record)
-    args.output.with_suffix(".md").write_text(table)
+    write_table(args.output.with_suffix(".md"), table)
     print(table)
 
 

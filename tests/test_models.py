@@ -25,12 +25,12 @@ class TestNequIPScalarWithZBL(StudentPhysicsTests):
 
 
 class TestNequIPAngles(StudentPhysicsTests):
-    """Angle terms of a higher order than the features: the l = 2 messages exist for their norms only."""
+    """Angle terms of a higher order than the features: the l = 2 and 3 messages exist for their norms only."""
 
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return NequIP(
             elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=1, num_layers=2,
-            radial_hidden=16, angular_order=2,
+            radial_hidden=16, angular_order=3,
         )
 
 
@@ -94,7 +94,7 @@ def test_nequip_fused_paths_match_e3nn_modules():
         torch.testing.assert_close(layer.gate_activation(update), layer.gate(update))
 
 
-@pytest.mark.parametrize("l_max, angular_order", [(0, 0), (2, 0), (0, 1), (0, 2), (1, 2), (2, 2)])
+@pytest.mark.parametrize("l_max, angular_order", [(0, 0), (2, 0), (0, 1), (0, 2), (1, 2), (2, 2), (0, 3), (1, 4)])
 def test_one_layer_sees_the_angle_at_an_atom_only_with_angle_terms(l_max, angular_order):
     """A bent triatomic whose outer atoms are beyond the cutoff of each other: one layer of
     messages alone sums pair terms around the centre, so the energy cannot depend on the angle;
@@ -119,11 +119,11 @@ def test_one_layer_sees_the_angle_at_an_atom_only_with_angle_terms(l_max, angula
 
 
 def test_nequip_rejects_angular_order_below_l_max():
-    with pytest.raises(ValueError, match="angular_order must be 0 or from max\\(l_max, 1\\) = 2 to 2, got 1"):
+    with pytest.raises(ValueError, match="angular_order must be 0 or from max\\(l_max, 1\\) = 2 to 6, got 1"):
         NequIP([1], CUTOFF, l_max=2, angular_order=1)
 
 
-@pytest.mark.parametrize("l_max, angular_order", [(0, 2), (0, 1), (1, 0), (2, 2)])
+@pytest.mark.parametrize("l_max, angular_order", [(0, 2), (0, 1), (1, 0), (2, 2), (0, 4)])
 def test_scalar_input_messages_match_the_path_by_path_sums(l_max, angular_order):
     """Layers whose input is scalars sum all their messages in one product; the result (messages
     and their norms) equals the path-by-path sums of EdgeMessages."""

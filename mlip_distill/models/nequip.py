@@ -15,6 +15,9 @@ from mlip_distill.models.base import StudentPotential
 from mlip_distill.models.radial import BesselBasis, PolynomialCutoff
 
 
+MAX_ANGULAR_ORDER = 6
+
+
 def natural_irreps(channels: int, l_max: int) -> o3.Irreps:
     """``channels`` copies of each l ≤ l_max with the parity of a spherical harmonic, (-1)^l."""
     return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(l_max + 1)])
@@ -369,7 +372,7 @@ class NequIP(StudentPotential):
         radial_hidden: width of the radial MLP's hidden layer.
         cutoff_power: p of the polynomial cutoff envelope.
         angular_order: highest order L of the angle terms ``P_l(cos θ)`` at each atom that every
-            layer gets as scalars (the norms of its summed l > 0 messages; 0: none, else l_max to 2;
+            layer gets as scalars (the norms of its summed l > 0 messages; 0: none, else l_max to 6;
             see :class:`InteractionLayer`).
 
     ``node_features``: ``layer_1`` … ``layer_{num_layers}``, the features after each layer.
@@ -398,8 +401,10 @@ class NequIP(StudentPotential):
         super().__init__(elements, cutoff, e0, scale, avg_num_neighbors, zbl, learn_scale)
         if not 0 <= l_max <= 2:
             raise ValueError(f"l_max must be 0, 1 or 2, got {l_max}")
-        if angular_order != 0 and not max(l_max, 1) <= angular_order <= 2:
-            raise ValueError(f"angular_order must be 0 or from max(l_max, 1) = {max(l_max, 1)} to 2, got {angular_order}")
+        if angular_order != 0 and not max(l_max, 1) <= angular_order <= MAX_ANGULAR_ORDER:
+            raise ValueError(
+                f"angular_order must be 0 or from max(l_max, 1) = {max(l_max, 1)} to {MAX_ANGULAR_ORDER}, got {angular_order}"
+            )
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         self.channels, self.l_max, self.num_layers = int(channels), int(l_max), int(num_layers)
