@@ -209,7 +209,8 @@ class StudentPhysicsTests:
             output = self.evaluate(model, dimer)
             energies.append(output["energy"][0] - e0_sum)
             forces.append(output["forces"][0, 0])
-        assert abs(energies[0]) > abs(energies[1]) > abs(energies[2]) > abs(energies[3])
+        # 1e-3 and 1e-5 Å inside the cutoff the energy may already be below the float64 resolution of E0
+        assert abs(energies[0]) > abs(energies[1]) > abs(energies[2]) >= abs(energies[3])
         np.testing.assert_allclose(energies[3:], 0.0, atol=1e-12)
         np.testing.assert_allclose(forces[3:], 0.0, atol=1e-10)
         assert abs(energies[2]) < 1e-6 and abs(forces[2]) < 1e-4

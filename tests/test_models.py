@@ -35,12 +35,22 @@ class TestNequIPAngles(StudentPhysicsTests):
 
 
 class TestNequIPScalarAngles(StudentPhysicsTests):
-    """Scalar features with angle terms up to P_2 (the si_sevennet student's kind)."""
+    """Scalar features with angle terms up to P_2."""
 
     def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
         return NequIP(
             elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=0, num_layers=2,
             radial_hidden=16, angular_order=2,
+        )
+
+
+class TestNequIPBispectrum(StudentPhysicsTests):
+    """Scalar features with angle terms up to P_2 and their bispectrum (the si_sevennet student's kind)."""
+
+    def make_model(self, elements: list[int], e0: dict[int, float], zbl: bool = False) -> StudentPotential:
+        return NequIP(
+            elements, CUTOFF, e0, avg_num_neighbors=20.0, zbl=zbl, channels=8, l_max=0, num_layers=2,
+            radial_hidden=16, angular_order=2, bispectrum=True,
         )
 
 
@@ -121,6 +131,49 @@ def test_one_layer_sees_the_angle_at_an_atom_only_with_angle_terms(l_max, angula
 def test_nequip_rejects_angular_order_below_l_max():
     with pytest.raises(ValueError, match="angular_order must be 0 or from max\\(l_max, 1\\) = 2 to 6, got 1"):
         NequIP([1], CUTOFF, l_max=2, angular_order=1)
+
+
+def test_angle_terms_are_three_body_and_the_bispectrum_four_body():
+    """A layer's invariants of one atom as functions of which of its neighbours are there: the
+    norms of the summed messages are sums over pairs of neighbours (3-body with the centre), so
+    their third inclusion-exclusion difference vanishes; the bispectrum's triple products are sums
+    over triples (4-body): not zero at the third difference, zero at the fourth."""
+    import itertools
+
+    import torch
+
+    torch.manual_seed(0)
+    model = NequIP([1], CUTOFF, channels=4, l_max=0, num_layers=1, radial_hidden=8, angular_order=3, bispectrum=True)
+    layer = model.double().layers[0]
+    features = torch.randn(4, 4, dtype=torch.float64)
+    harmonics = torch.randn(4, layer.message.irreps_in2.dim, dtype=torch.float64)
+    weights = torch.randn(4, layer.message.weight_numel, dtype=torch.float64)
+    num_norms = sum(mul for _, mul, _ in layer.invariant_blocks)
+
+    def difference(neighbours: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ over subsets T of the neighbours of (-1)^(n - |T|) times the norms and the triple products."""
+        norms = triples = 0.0
+        for size in range(len(neighbours) + 1):
+            for subset in itertools.combinations(neighbours, size):
+                index = torch.tensor(subset, dtype=torch.long)
+                centre = torch.zeros(len(subset), dtype=torch.long)
+                invariants = layer.scalar_aggregate(features[index], harmonics[index], weights[index], centre, 1)[0]
+                sign = (-1) ** (len(neighbours) - size)
+                norms = norms + sign * invariants[layer.message.irreps_out.dim :][:num_norms]
+                triples = triples + sign * invariants[layer.message.irreps_out.dim + num_norms :]
+        return norms, triples
+
+    norms, triples = difference((0, 1, 2))
+    assert triples.numel() == 4 * len(layer.triples) == 16
+    assert norms.abs().max() < 1e-12 and triples.abs().max() > 1e-3
+    _, triples = difference((0, 1, 2, 3))
+    assert triples.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("l_max, angular_order", [(1, 2), (0, 1), (0, 0)])
+def test_bispectrum_needs_scalar_features_and_angle_terms(l_max, angular_order):
+    with pytest.raises(ValueError, match=f"bispectrum needs l_max 0 and angular_order 2 or more, got l_max {l_max}, "):
+        NequIP([1], CUTOFF, l_max=l_max, angular_order=angular_order, bispectrum=True)
 
 
 @pytest.mark.parametrize("l_max, angular_order", [(0, 2), (0, 1), (1, 0), (2, 2), (0, 4)])

@@ -168,7 +168,7 @@ class HostTraffic(TorchDispatchMode):
 
 @pytest.mark.parametrize("name, options", [
     ("nequip", {"l_max": 1}),
-    ("nequip", {"l_max": 0, "angular_order": 2}),
+    ("nequip", {"l_max": 0, "angular_order": 2, "bispectrum": True}),
     ("painn", {}),
 ])
 def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tmp_path):
@@ -192,7 +192,7 @@ def test_a_step_has_no_host_traffic_for_a_cuda_graph_to_refuse(name, options, tm
 
 @pytest.mark.parametrize("name, options", [
     ("nequip", {"l_max": 1, "zbl": True}),
-    ("nequip", {"l_max": 0, "angular_order": 2}),
+    ("nequip", {"l_max": 0, "angular_order": 2, "bispectrum": True}),
     ("painn", {}),
 ])
 def test_free_edge_slots_of_a_recording_add_exactly_nothing(name, options, tmp_path):

@@ -227,6 +227,11 @@ class InteractionLayer(nn.Module):
     their norms; ``irreps_sh`` then goes up to L, and only its l ≤ l_max part meets features of
     l > 0.
 
+    With ``bispectrum`` (scalar input only), also each channel's triple products of its summed
+    messages A, ``Σ_m (l1 l2 l3; m1 m2 m3) A_{l1 m1} A_{l2 m2} A_{l3 m3}`` (Wigner 3j symbols;
+    1 ≤ l1 ≤ l2 ≤ l3 ≤ L, l1 + l2 + l3 even): sums over triples of neighbours, 4-body terms with
+    the centre as in SNAP's bispectrum or MACE's correlation order 3, formed per atom.
+
     The caller evaluates ``radial`` and multiplies the harmonics by ``u / sqrt(n̄)`` (the
     messages are linear in both), once per call for all layers.
 
@@ -247,6 +252,7 @@ class InteractionLayer(nn.Module):
         self_connection: bool,
         l_max: int,
         angular_order: int = 0,
+        bispectrum: bool = False,
     ) -> None:
         super().__init__()
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
@@ -296,6 +302,20 @@ class InteractionLayer(nn.Module):
                 if ir.l > 0:
                     self.invariant_blocks.append((block.start, mul, ir.dim))
         num_invariants = sum(mul for _, mul, _ in self.invariant_blocks)
+        # (l1, l2, l3) of the bispectrum: coupled to a scalar, l1 + l2 + l3 even for harmonics' parity
+        self.triples = [
+            (l1, l2, l3)
+            for l1 in range(1, angular_order + 1)
+            for l2 in range(l1, angular_order + 1)
+            for l3 in range(l2, min(l1 + l2, angular_order) + 1)
+            if (l1 + l2 + l3) % 2 == 0
+        ] if bispectrum else []
+        self.channels_in = irreps_in.num_irreps
+        if self.triples and self.scalar_messages is None:
+            raise ValueError("the bispectrum is formed from the messages of scalar features only")
+        for index, (l1, l2, l3) in enumerate(self.triples):
+            self.register_buffer(f"wigner_{index}", o3.wigner_3j(l1, l2, l3).to(torch.get_default_dtype()), persistent=False)
+        num_invariants += len(self.triples) * irreps_in.num_irreps
         linear_in = self.message.irreps_out + o3.Irreps(f"{num_invariants}x0e") if num_invariants else self.message.irreps_out
         self.element_linear = o3.FullyConnectedTensorProduct(
             linear_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in
@@ -340,7 +360,15 @@ class InteractionLayer(nn.Module):
         # e3nn's layout is channel-major within a block
         joined = [block.transpose(1, 2).reshape(num_atoms, block.shape[1] * block.shape[2]) for block in blocks]
         norms = [block.square().sum(dim=1) / math.sqrt(block.shape[1]) for block in blocks if block.shape[1] > 1]
-        return torch.cat(joined + norms if self.invariant_blocks else joined, dim=1)
+        by_order = {(block.shape[1] - 1) // 2: block for block in blocks} if self.triples else {}
+        triples = []
+        for index, (l1, l2, l3) in enumerate(self.triples):
+            first, second, third = by_order[l1], by_order[l2], by_order[l3]
+            # (N, d1 d2, C) outer products of each channel, coupled to l3 by one matrix product
+            outer = (first.unsqueeze(2) * second.unsqueeze(1)).reshape(num_atoms, -1, self.channels_in)
+            coupled = getattr(self, f"wigner_{index}").reshape(-1, third.shape[1]).T @ outer
+            triples.append((coupled * third).sum(dim=1))
+        return torch.cat(joined + norms + triples if self.invariant_blocks else joined, dim=1)
 
     def norms(self, aggregated: Tensor) -> Tensor:
         """Per-channel squared norms of the l > 0 blocks of the summed messages over sqrt(2l + 1),
@@ -374,6 +402,8 @@ class NequIP(StudentPotential):
         angular_order: highest order L of the angle terms ``P_l(cos θ)`` at each atom that every
             layer gets as scalars (the norms of its summed l > 0 messages; 0: none, else l_max to 6;
             see :class:`InteractionLayer`).
+        bispectrum: with ``l_max`` 0 and ``angular_order`` ≥ 2, every layer also gets the triple
+            products of its summed messages (4-body terms; see :class:`InteractionLayer`).
 
     ``node_features``: ``layer_1`` … ``layer_{num_layers}``, the features after each layer.
     """
@@ -397,6 +427,7 @@ class NequIP(StudentPotential):
         radial_hidden: int = 64,
         cutoff_power: int = 6,
         angular_order: int = 0,
+        bispectrum: bool = False,
     ) -> None:
         super().__init__(elements, cutoff, e0, scale, avg_num_neighbors, zbl, learn_scale)
         if not 0 <= l_max <= 2:
@@ -405,12 +436,15 @@ class NequIP(StudentPotential):
             raise ValueError(
                 f"angular_order must be 0 or from max(l_max, 1) = {max(l_max, 1)} to {MAX_ANGULAR_ORDER}, got {angular_order}"
             )
+        if bispectrum and (l_max != 0 or angular_order < 2):
+            raise ValueError(f"bispectrum needs l_max 0 and angular_order 2 or more, got l_max {l_max}, angular_order {angular_order}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         self.channels, self.l_max, self.num_layers = int(channels), int(l_max), int(num_layers)
         self.num_basis, self.trainable_basis = int(num_basis), bool(trainable_basis)
         self.radial_hidden, self.cutoff_power = int(radial_hidden), int(cutoff_power)
         self.angular_order = int(angular_order)
+        self.bispectrum = bool(bispectrum)
 
         self.embedding = nn.Embedding(self.num_species, channels)
         # rows of the identity rather than one_hot, which reads the largest species back to the host on a CPU
@@ -437,6 +471,7 @@ class NequIP(StudentPotential):
                     self_connection=index > 0,
                     l_max=l_max,
                     angular_order=self.angular_order,
+                    bispectrum=self.bispectrum,
                 )
             )
             irreps_in = irreps_out
@@ -457,6 +492,7 @@ class NequIP(StudentPotential):
             "radial_hidden": self.radial_hidden,
             "cutoff_power": self.cutoff_power,
             "angular_order": self.angular_order,
+            "bispectrum": self.bispectrum,
         }
 
     def node_feature_irreps(self) -> dict[str, str]:
