@@ -142,7 +142,7 @@ def test_md_command_writes_every_report_file(tiny_student, tmp_path, capsys):
     assert (out / "rdf.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
     assert report["student"] == tiny_student.name  # outside a repository: the folder's name, not its absolute path
-    assert report["threads"] == 1 and report["timestep_fs"] == 2.0
+    assert report["threads"] == 1 and report["timestep_fs"] == 2.0 and report["student_device"] == "cpu"
     for temperature in ("300", "900"):
         numbers = report["temperatures"][temperature]
         assert len(numbers["stable_ps"]) == 2
@@ -173,4 +173,17 @@ def test_md_command_names_an_element_the_student_does_not_know(tiny_student, tmp
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(error) == 1
     assert "water.xyz" in error[0] and "H, O" in error[0]
+    assert not (tmp_path / "md").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_md_command_on_cuda_without_a_gpu_says_so(tiny_student, tmp_path, capsys):
+    structure = tmp_path / "cu.xyz"
+    write(structure, copper(2))
+    with pytest.raises(SystemExit) as exit_status:
+        main(["md", str(tiny_student), "--structures", str(structure), "--teacher", "emt", "--device", "cuda",
+              "--out", str(tmp_path / "md")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
+    assert exit_status.value.code == 2
+    assert "argument --device" in error and "no CUDA device" in error
     assert not (tmp_path / "md").exists()

@@ -13,16 +13,19 @@ from .validation import MDValidation
 PLOTS = {"temperature": "temperature.png", "energy": "nve_energy.png", "rdf": "rdf.png"}
 
 
-def write_report(validation: MDValidation, out_dir: str | Path, student: str, teacher: str) -> list[Path]:
+def write_report(
+    validation: MDValidation, out_dir: str | Path, student: str, teacher: str, student_device: str = "cpu"
+) -> list[Path]:
     """Write report.json, report.md and the plots into ``out_dir`` (created); each file goes to a
     temporary name first and is renamed when complete. ``student``, ``teacher``: the student's
-    potential folder and the teacher's spec, named in the report by :func:`report_path`. Returns the
-    paths written."""
+    potential folder and the teacher's spec, named in the report by :func:`report_path`;
+    ``student_device``: where the student ran ("cpu", "cuda"). Returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if teacher.startswith(POTENTIAL_PREFIX):
         teacher = POTENTIAL_PREFIX + report_path(teacher.removeprefix(POTENTIAL_PREFIX).strip())
-    summary = {"student": report_path(student), "teacher": teacher, **validation.summary()}
+    summary = {"student": report_path(student), "student_device": student_device, "teacher": teacher,
+               **validation.summary()}
     written = [
         _write_text(out_dir / "report.json", json.dumps(summary, indent=2) + "\n"),
         _write_text(out_dir / "report.md", markdown(summary)),
@@ -52,7 +55,7 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# MD validation: {structure['formula']} ({structure['n_atoms']} atoms, {kind})",
         "",
-        f"Student `{summary['student']}` against teacher `{summary['teacher']}`, in one process on "
+        f"Student `{summary['student']}` (on {summary['student_device']}) against teacher `{summary['teacher']}`, in one process on "
         f"{summary['threads']} torch threads. Time step {summary['timestep_fs']:g} fs; Langevin friction "
         f"{settings['friction_per_fs']:g}/fs; {settings['seeds']} student seeds and one teacher run per "
         f"temperature; speeds leave out the first {settings['warmup']} steps of each run.",
