@@ -6,7 +6,8 @@ within the skin, as in MD). The routes are timed in turns, several rounds each, 
 time per call is reported, so that load from other processes spreads over all of them.
 ``torch.compile``: ``StudentCalculator(compile_network=True)``, C++ kernels made on the first call
 (its seconds are reported). Students have random weights (speed does not depend on them) and the
-demo's size (NequIP: ``experiment=si_sevennet``'s l_max 0 with P_2 angle terms at 4.5 Å).
+demo's size (NequIP: ``experiment=si_sevennet``'s l_max 0 with P_2 angle terms at 4.5 Å, without
+the bispectrum it has since).
 
     python benchmarks/compiled_vs_eager.py [--rounds 5] [--calls 5] [--threads 2]
 
