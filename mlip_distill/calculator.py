@@ -115,22 +115,23 @@ class StudentCalculator(Calculator):
         self._graph = None
         self._reference: tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _needs_rebuild(self, atoms: Atoms, positions: torch.Tensor) -> bool:
+    def _same_structure(self, atoms: Atoms) -> tuple[bool, bool]:
+        """Whether ``atoms`` has the species, in order, of the last neighbour list; and whether it
+        also has its cell and periodicity."""
         if self._reference is None:
-            return True
-        reference_positions, cell, pbc, numbers = self._reference
-        if len(numbers) != len(atoms) or not np.array_equal(numbers, atoms.numbers):
-            return True
-        if not np.array_equal(pbc, atoms.pbc) or not np.array_equal(cell, atoms.cell.array):
-            return True
-        moved = float((positions - reference_positions).norm(dim=1).max()) if len(atoms) else 0.0
+            return False, False
+        _, cell, pbc, numbers = self._reference
+        same_atoms = np.array_equal(numbers, atoms.numbers)
+        return same_atoms, same_atoms and np.array_equal(pbc, atoms.pbc) and np.array_equal(cell, atoms.cell.array)
+
+    def _moved_half_skin(self, positions: torch.Tensor) -> bool:
+        """Whether an atom has moved more than half the skin since the last neighbour list."""
+        moved = float((positions - self._reference[0]).norm(dim=1).max()) if len(positions) else 0.0
         return moved > 0.5 * self.skin
 
-    def _rebuild(self, atoms: Atoms, positions: torch.Tensor) -> None:
-        """Neighbour list within ``cutoff + skin`` on the calculator's device, kept as a graph."""
-        same_atoms = self._reference is not None and np.array_equal(self._reference[3], atoms.numbers)
-        same_cell = same_atoms and np.array_equal(self._reference[1], atoms.cell.array) and np.array_equal(
-            self._reference[2], atoms.pbc)
+    def _rebuild(self, atoms: Atoms, positions: torch.Tensor, same_atoms: bool, same_cell: bool) -> None:
+        """Neighbour list within ``cutoff + skin`` on the calculator's device, kept as a graph;
+        ``same_atoms``, ``same_cell``: what :meth:`_same_structure` says of ``atoms``."""
         if not same_atoms:
             self.potential.check_elements(atoms.numbers, where=atoms.get_chemical_formula())
         cell = torch.as_tensor(atoms.cell.array, device=self.device)
@@ -172,8 +173,9 @@ class StudentCalculator(Calculator):
         """Positions (N, 3) on the device, the only copy to it per call; the neighbour list is
         rebuilt first when they have moved too far."""
         positions = torch.as_tensor(atoms.positions, device=self.device)
-        if self._needs_rebuild(atoms, positions):
-            self._rebuild(atoms, positions)
+        same_atoms, same_cell = self._same_structure(atoms)
+        if not same_cell or self._moved_half_skin(positions):
+            self._rebuild(atoms, positions, same_atoms, same_cell)
         return positions.to(self.dtype)
 
     def _graph_for(self, atoms: Atoms) -> Batch:
